@@ -1,0 +1,192 @@
+"""Mask R-CNN, ResNet-50-FPN, 1x schedule on COCO 2014 (the seed's e2e_mask_rcnn_R_50_FPN_1x).
+
+    python main.py --config=configs/r50_fpn_1x.py --mode=train --workdir=runs/r50_fpn_1x
+    torchrun --nproc_per_node=8 main.py --config=configs/r50_fpn_1x.py --mode=train
+
+Expected: 37.7 box AP / 34.2 mask AP on val2014-minival after 90k iterations at 16 images per
+batch (the seed's published figure). Smoke test on a CPU with `--config=configs/r50_fpn_1x.py:runlocal`.
+
+The model defaults compute exactly what torchvision's `maskrcnn_resnet50_fpn` computes, so
+torchvision COCO weights load (`init.format=torchvision`) and give the same detections.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    opts = common.parse_arg(arg, runlocal=False)
+    c = ml_collections.ConfigDict()
+    c.name = "r50_fpn_1x"
+    c.seed = 0
+    c.device = "auto"  # auto | cpu | cuda
+    c.dtype = "float32"  # float32 | bfloat16 | float16 (torch.autocast; GradScaler for float16)
+    c.deterministic = False  # torch.use_deterministic_algorithms + no cudnn benchmark
+    c.log_period = 20  # iterations between console / TensorBoard lines (the seed prints every 20)
+
+    # ---------------------------------------------------------------- data
+    c.data = ml_collections.ConfigDict()
+    # A dataset is a COCO-format json plus an image folder. `name` picks a known layout
+    # (see mrcnn/data/catalog.py and WORKSPACE.md); explicit img_dir / ann_file override it.
+    c.data.root = "datasets"  # overridden by $MRCNN_DATA when set
+    c.data.train = ml_collections.ConfigDict(
+        {"name": "coco_2014_train", "img_dir": "", "ann_file": ""}
+    )
+    c.data.val = ml_collections.ConfigDict(
+        {"name": "coco_2014_minival", "img_dir": "", "ann_file": ""}
+    )
+    c.data.num_workers = 4
+    c.data.filter_empty = True  # drop training images without usable annotations (the seed does)
+    c.data.aspect_ratio_grouping = True
+    c.data.on_bad_image = "skip"  # skip | fail: a missing/corrupt image in training
+    c.data.on_bad_annotation = "fail"  # fail | skip: a malformed annotation record
+    # False: labels are 1..K over the dataset's sorted category ids (num_classes = K + 1).
+    # True: label = COCO category id (torchvision's 91-output COCO head; num_classes = 91).
+    c.data.category_ids_as_labels = False
+    # The synthetic shapes dataset the project generates itself (configs/shapes.py uses it).
+    c.data.shapes = ml_collections.ConfigDict()
+    c.data.shapes.seed = 0
+    c.data.shapes.num_train = 2000
+    c.data.shapes.num_val = 200
+    c.data.shapes.image_size = 128
+    c.data.shapes.num_classes = 3
+    c.data.shapes.max_objects = 4
+
+    # --------------------------------------------------------------- input
+    c.input = ml_collections.ConfigDict()
+    c.input.min_size_train = (800,)  # one is picked at random per image: multi-scale training
+    c.input.max_size_train = 1333
+    c.input.min_size_test = 800
+    c.input.max_size_test = 1333
+    c.input.size_divisibility = 32
+    c.input.flip_prob = 0.5
+    # RGB in [0, 1], ImageNet statistics: torchvision's convention.
+    c.input.pixel_mean = (0.485, 0.456, 0.406)
+    c.input.pixel_std = (0.229, 0.224, 0.225)
+    c.input.to_bgr255 = False  # MSRA/caffe2 weights: BGR in [0, 255], mean only
+
+    # --------------------------------------------------------------- model
+    c.model = ml_collections.ConfigDict()
+    c.model.num_classes = 81  # including background; COCO's 80 categories mapped contiguously
+    c.model.mask_on = True
+    c.model.backbone = ml_collections.ConfigDict()
+    c.model.backbone.depth = 50  # 18 | 34 | 50 | 101 | 152
+    c.model.backbone.width = 64  # stem width; stage widths scale with it
+    c.model.backbone.norm = "FrozenBN"  # FrozenBN | BN | SyncBN | GN
+    c.model.backbone.gn_groups = 32
+    c.model.backbone.freeze_at = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ...
+    c.model.backbone.stride_in_1x1 = False  # True for MSRA/caffe2 weights
+    c.model.backbone.fpn = True  # False: C4 (res5 runs as the RoI head)
+    c.model.backbone.fpn_channels = 256
+    c.model.backbone.fpn_norm = ""  # "" | GN
+    c.model.anchor = ml_collections.ConfigDict()
+    c.model.anchor.sizes = (32, 64, 128, 256, 512)  # one size per FPN level P2..P6
+    c.model.anchor.aspect_ratios = (0.5, 1.0, 2.0)
+    c.model.anchor.c4_stride = 16  # the C4 variant's single level
+    c.model.rpn = ml_collections.ConfigDict()
+    c.model.rpn.fg_iou_thresh = 0.7
+    c.model.rpn.bg_iou_thresh = 0.3
+    c.model.rpn.batch_size_per_image = 256
+    c.model.rpn.positive_fraction = 0.5
+    c.model.rpn.pre_nms_top_n_train = 2000  # per level
+    c.model.rpn.pre_nms_top_n_test = 1000  # per level
+    c.model.rpn.post_nms_top_n_train = 2000  # per image
+    c.model.rpn.post_nms_top_n_test = 1000  # per image
+    c.model.rpn.nms_thresh = 0.7
+    c.model.rpn.score_thresh = 0.0
+    c.model.rpn.min_size = 1e-3
+    c.model.rpn.bbox_reg_weights = (1.0, 1.0, 1.0, 1.0)
+    c.model.rpn.smooth_l1_beta = 1.0 / 9.0
+    c.model.roi_heads = ml_collections.ConfigDict()
+    c.model.roi_heads.fg_iou_thresh = 0.5
+    c.model.roi_heads.bg_iou_thresh = 0.5
+    c.model.roi_heads.batch_size_per_image = 512
+    c.model.roi_heads.positive_fraction = 0.25
+    c.model.roi_heads.bbox_reg_weights = (10.0, 10.0, 5.0, 5.0)
+    c.model.roi_heads.smooth_l1_beta = 1.0 / 9.0
+    c.model.roi_heads.score_thresh = 0.05
+    c.model.roi_heads.nms_thresh = 0.5
+    c.model.roi_heads.detections_per_img = 100
+    c.model.roi_heads.aligned = False  # RoIAlign half-pixel offset (detectron2's ROIAlignV2)
+    c.model.box_head = ml_collections.ConfigDict()
+    c.model.box_head.pooler_resolution = 7
+    c.model.box_head.sampling_ratio = 2
+    c.model.box_head.num_fc = 2
+    c.model.box_head.fc_dim = 1024
+    c.model.mask_head = ml_collections.ConfigDict()
+    c.model.mask_head.pooler_resolution = 14
+    c.model.mask_head.sampling_ratio = 2
+    c.model.mask_head.num_conv = 4
+    c.model.mask_head.conv_dim = 256
+    c.model.mask_head.resolution = 28  # mask target size: 2x the pooler via the deconv
+    c.model.mask_head.norm = ""  # "" | GN
+
+    # --------------------------------------------------------------- weights
+    c.init = ml_collections.ConfigDict()
+    c.init.weights = config_dict.placeholder(str)  # a path; empty: random init
+    c.init.format = "native"  # native | torchvision | torchvision_backbone
+
+    # --------------------------------------------------------------- solver
+    c.solver = ml_collections.ConfigDict()
+    c.solver.optimizer = "sgd"  # sgd | adamw
+    c.solver.base_lr = 0.02
+    c.solver.momentum = 0.9
+    c.solver.weight_decay = 1e-4
+    c.solver.weight_decay_norm = 0.0
+    c.solver.bias_lr_factor = 2.0
+    c.solver.weight_decay_bias = 0.0
+    c.solver.ims_per_batch = 16  # global batch, split across ranks
+    c.solver.accumulate_steps = 1  # micro-batches per optimizer step
+    c.solver.max_iter = 90000  # optimizer steps
+    c.solver.steps = (60000, 80000)
+    c.solver.gamma = 0.1
+    c.solver.warmup_iters = 500
+    c.solver.warmup_factor = 1.0 / 3
+    c.solver.warmup_method = "linear"  # linear | constant
+    c.solver.clip_grad_norm = 0.0  # 0: off
+    c.solver.checkpoint_period = 2500
+    c.solver.keep_checkpoints = 3
+    c.solver.max_bad_steps = 0  # non-finite losses tolerated (skipped) before the run stops
+
+    # --------------------------------------------------------------- test / eval
+    c.test = ml_collections.ConfigDict()
+    c.test.ims_per_batch = 8
+    c.eval = ml_collections.ConfigDict()
+    c.eval.period = 0  # iterations between evaluations during training; 0: off
+    c.eval.per_epoch = False  # also evaluate after every epoch (the seed's PER_EPOCH_EVAL)
+    c.eval.min_bbox_map = 0.0  # early stop once both are reached (0: never stop early)
+    c.eval.min_mask_map = 0.0
+    c.eval.final = True  # evaluate when training ends (the seed's --skip-test turns it off)
+    c.eval.num_images = 0  # evaluate on the first N val images only; 0: all
+    c.eval.vis_images = 4  # validation predictions drawn into TensorBoard
+
+    # --------------------------------------------------------------- predict
+    c.predict = ml_collections.ConfigDict()
+    c.predict.input = config_dict.placeholder(str)  # image file, folder or glob
+    c.predict.score_thresh = 0.5  # drawn and written above this score
+    c.predict.draw = True
+
+    # --------------------------------------------------------------- bench
+    c.bench = ml_collections.ConfigDict()
+    c.bench.mode = "both"  # train | infer | both
+    c.bench.iters = 20
+    c.bench.warmup = 5
+    c.bench.batch_size = 2
+    c.bench.image_size = (800, 1333)  # (h, w) of the synthetic benchmark images
+    c.bench.reference = True  # also time torchvision's Mask R-CNN in the same run
+    c.bench.dtypes = ("float32", "bfloat16")
+
+    # --------------------------------------------------------------- performance switches
+    c.perf = ml_collections.ConfigDict()
+    c.perf.channels_last = False
+    c.perf.compile = False  # torch.compile of backbone + FPN + heads
+    c.perf.cudnn_benchmark = True
+    c.perf.tf32 = True
+
+    if opts.runlocal:
+        common.shrink_for_local_run(c)
+    return c

@@ -1,0 +1,67 @@
+"""Mask R-CNN on the synthetic shapes dataset, sized for a laptop CPU (the embedded default).
+
+    bash launch/demo.sh
+    python main.py --config=configs/shapes.py --mode=train --workdir=runs/shapes
+
+The dataset (3 classes: square, circle, triangle on textured backgrounds, 128x128) is generated
+on first use under `data.root`. A ResNet-18 at half width with GroupNorm trains from scratch.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common, r50_fpn_1x
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    opts = common.parse_arg(arg, runlocal=False)
+    c = r50_fpn_1x.get_config()
+    c.name = "shapes"
+    c.data.train.name = "shapes_train"
+    c.data.val.name = "shapes_val"
+    c.data.num_workers = 1
+    c.model.num_classes = c.data.shapes.num_classes + 1
+
+    c.input.min_size_train = (128,)
+    c.input.max_size_train = 128
+    c.input.min_size_test = 128
+    c.input.max_size_test = 128
+
+    c.model.backbone.depth = 18
+    c.model.backbone.width = 32
+    c.model.backbone.norm = "GN"
+    c.model.backbone.gn_groups = 8
+    c.model.backbone.freeze_at = 0
+    c.model.backbone.fpn_channels = 64
+    c.model.anchor.sizes = (16, 32, 64, 128, 256)
+    c.model.rpn.pre_nms_top_n_train = 600
+    c.model.rpn.post_nms_top_n_train = 300
+    c.model.rpn.pre_nms_top_n_test = 300
+    c.model.rpn.post_nms_top_n_test = 100
+    c.model.rpn.batch_size_per_image = 128
+    c.model.roi_heads.batch_size_per_image = 64
+    c.model.roi_heads.detections_per_img = 20
+    c.model.box_head.fc_dim = 256
+    c.model.mask_head.conv_dim = 64
+
+    c.solver.optimizer = "adamw"
+    c.solver.base_lr = 1e-3
+    c.solver.weight_decay = 1e-4
+    c.solver.bias_lr_factor = 1.0
+    c.solver.ims_per_batch = 8
+    c.solver.max_iter = 600
+    c.solver.steps = (450, 550)
+    c.solver.warmup_iters = 50
+    c.solver.warmup_factor = 0.01
+    c.solver.checkpoint_period = 200
+    c.solver.clip_grad_norm = 10.0
+    c.test.ims_per_batch = 8
+    c.eval.period = 200
+    c.log_period = 20
+    c.bench.image_size = (128, 128)
+    c.bench.batch_size = 8
+
+    if opts.runlocal:
+        common.shrink_for_local_run(c)
+    return c

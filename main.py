@@ -1,0 +1,40 @@
+"""The one entry point: train, eval, predict or bench a config.
+
+    python main.py --config=configs/r50_fpn_1x.py --mode=train --workdir=runs/x \
+        --config.solver.base_lr=0.02
+
+Any `--config.a.b=value` overrides a key; a key that does not exist is an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with an argument: configs/x.py:runlocal", lock_config=True
+)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "bench"], "What to run.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (default runs/<config name>); see WORKSPACE.md."
+)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Imported here so that `--help` and flag errors answer before torch loads.
+    from mrcnn import runner
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join("runs", config.name)
+    runner.run(_MODE.value, config, workdir)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    app.run(main)

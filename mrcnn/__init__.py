@@ -1,0 +1,1 @@
+"""Mask R-CNN: model, targets, losses, data, training, evaluation and prediction."""

@@ -1,0 +1,85 @@
+"""Rejects impossible configs at start, naming the key, before any work is done."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def _fail(key: str, value, why: str) -> None:
+    raise ConfigError(f"config.{key}={value!r}: {why}")
+
+
+def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str = "train") -> None:
+    s = config.solver
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        _fail("dtype", config.dtype, "must be float32, bfloat16 or float16")
+    if config.device not in ("auto", "cpu", "cuda"):
+        _fail("device", config.device, "must be auto, cpu or cuda")
+    if not s.base_lr > 0:
+        _fail("solver.base_lr", s.base_lr, "must be > 0")
+    if s.ims_per_batch <= 0:
+        _fail("solver.ims_per_batch", s.ims_per_batch, "must be > 0")
+    if s.accumulate_steps < 1:
+        _fail("solver.accumulate_steps", s.accumulate_steps, "must be >= 1")
+    if s.ims_per_batch % (world_size * s.accumulate_steps):
+        _fail(
+            "solver.ims_per_batch",
+            s.ims_per_batch,
+            f"must divide by world size x accumulate_steps = {world_size} x {s.accumulate_steps}",
+        )
+    if config.test.ims_per_batch <= 0:
+        _fail("test.ims_per_batch", config.test.ims_per_batch, "must be > 0")
+    if s.max_iter <= 0:
+        _fail("solver.max_iter", s.max_iter, "must be > 0")
+    if mode == "train" and s.warmup_iters > s.max_iter:
+        _fail("solver.warmup_iters", s.warmup_iters, f"exceeds solver.max_iter={s.max_iter}")
+    if list(s.steps) != sorted(s.steps):
+        _fail("solver.steps", s.steps, "must be increasing")
+    if not 0 < s.warmup_factor <= 1:
+        _fail("solver.warmup_factor", s.warmup_factor, "must be in (0, 1]")
+    if s.weight_decay < 0:
+        _fail("solver.weight_decay", s.weight_decay, "must be >= 0")
+    if s.optimizer not in ("sgd", "adamw"):
+        _fail("solver.optimizer", s.optimizer, "must be sgd or adamw")
+    if s.checkpoint_period < 0:
+        _fail("solver.checkpoint_period", s.checkpoint_period, "must be >= 0")
+    m = config.model
+    if m.num_classes < 2:
+        _fail("model.num_classes", m.num_classes, "must count background and >= 1 class")
+    if m.backbone.depth not in (18, 34, 50, 101, 152):
+        _fail("model.backbone.depth", m.backbone.depth, "must be 18, 34, 50, 101 or 152")
+    if m.backbone.norm not in ("FrozenBN", "BN", "SyncBN", "GN"):
+        _fail("model.backbone.norm", m.backbone.norm, "must be FrozenBN, BN, SyncBN or GN")
+    if not 0 <= m.backbone.freeze_at <= 5:
+        _fail("model.backbone.freeze_at", m.backbone.freeze_at, "must be in 0..5")
+    if m.backbone.fpn and len(m.anchor.sizes) != 5:
+        _fail("model.anchor.sizes", m.anchor.sizes, "FPN needs one size per level P2..P6 (5)")
+    for key in ("rpn", "roi_heads"):
+        sec = m[key]
+        if not 0 <= sec.bg_iou_thresh <= sec.fg_iou_thresh <= 1:
+            _fail(f"model.{key}.bg_iou_thresh", sec.bg_iou_thresh, "need 0 <= bg <= fg <= 1")
+        if not 0 < sec.positive_fraction <= 1:
+            _fail(f"model.{key}.positive_fraction", sec.positive_fraction, "must be in (0, 1]")
+    if m.mask_head.resolution != 2 * m.mask_head.pooler_resolution:
+        _fail(
+            "model.mask_head.resolution",
+            m.mask_head.resolution,
+            "must be 2 x mask_head.pooler_resolution (one 2x deconv)",
+        )
+    i = config.input
+    if min(i.min_size_train) <= 0 or i.max_size_train <= 0:
+        _fail("input.min_size_train", i.min_size_train, "sizes must be > 0")
+    if len(i.pixel_mean) != 3 or len(i.pixel_std) != 3 or min(i.pixel_std) <= 0:
+        _fail("input.pixel_std", i.pixel_std, "need 3 means and 3 positive stds")
+    if config.init.format not in ("native", "torchvision", "torchvision_backbone"):
+        _fail("init.format", config.init.format, "must be native, torchvision or torchvision_backbone")
+    if config.data.on_bad_image not in ("skip", "fail"):
+        _fail("data.on_bad_image", config.data.on_bad_image, "must be skip or fail")
+    if config.data.on_bad_annotation not in ("skip", "fail"):
+        _fail("data.on_bad_annotation", config.data.on_bad_annotation, "must be skip or fail")
+    if mode == "predict" and not config.predict.input:
+        _fail("predict.input", config.predict.input, "set it to an image file, folder or glob")

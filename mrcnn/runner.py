@@ -1,0 +1,89 @@
+"""Sets up a run (device, process group, logging, workdir, resolved config) and dispatches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import ml_collections
+import torch
+
+from mrcnn import dist
+
+log = logging.getLogger("mrcnn")
+
+
+def setup_logging(workdir: str | None) -> None:
+    """Rank 0 logs INFO to the console and to `workdir/log.txt`; other ranks log warnings only."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    level = logging.INFO if dist.is_main() else logging.WARNING
+    root.setLevel(level)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if workdir and dist.is_main():
+        os.makedirs(workdir, exist_ok=True)
+        fh = logging.FileHandler(os.path.join(workdir, "log.txt"))
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+
+
+def resolve_device(config: ml_collections.ConfigDict) -> torch.device:
+    want = config.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config.device='cuda' but no CUDA device is available")
+    if want == "cuda":
+        return torch.device("cuda", dist.local_rank())
+    return torch.device(want)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if not dist.is_main():
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+    from mrcnn import config_check
+
+    device = resolve_device(config)
+    dist.init_from_env(device.type)
+    setup_logging(workdir)
+    config_check.validate(config, world_size=dist.world_size(), mode=mode)
+    write_config(config, workdir)
+    log.info("mode=%s workdir=%s device=%s world_size=%d", mode, workdir, device, dist.world_size())
+    try:
+        if mode == "train":
+            from mrcnn import train
+
+            train.train(config, workdir, device)
+        elif mode == "eval":
+            from mrcnn import evaluation
+
+            metrics = evaluation.evaluate_checkpoint(config, workdir, device)
+            if dist.is_main():
+                log.info("metrics: %s", json.dumps(metrics))
+        elif mode == "predict":
+            from mrcnn import predict
+
+            predict.predict(config, workdir, device)
+        elif mode == "bench":
+            from mrcnn import bench
+
+            bench.bench(config, workdir, device)
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+    finally:
+        dist.shutdown()
