@@ -37,4 +37,10 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    app.run(main)
+    try:
+        app.run(main)
+    except SystemExit as e:
+        # absl exits 1 after printing --help; asking for help is not an error.
+        if e.code == 1 and {"-h", "--help", "--helpshort", "--helpfull"} & set(sys.argv[1:]):
+            sys.exit(0)
+        raise

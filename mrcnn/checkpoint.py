@@ -1,0 +1,119 @@
+"""Checkpoints: one dict per file, written atomically, with a `last_checkpoint` pointer.
+
+A checkpoint file is written to a temporary name in the workdir, flushed to disk, then renamed
+over its final name; `last_checkpoint` (a text file holding the file name) is replaced the same way
+only after that. A crash or a full disk at any moment therefore leaves the previous checkpoint and
+pointer intact. Loading always uses `weights_only=True`: a checkpoint can hold tensors, numbers,
+strings and containers of them, never code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+POINTER = "last_checkpoint"
+_NAME = re.compile(r"^model_(\d{7,})\.pth$")
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"model_{iteration:07d}.pth"
+
+
+def _atomic_write(path: str, write) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def list_checkpoints(workdir: str) -> list[str]:
+    """Checkpoint file names in the workdir, oldest first."""
+    if not os.path.isdir(workdir):
+        return []
+    names = [n for n in os.listdir(workdir) if _NAME.match(n)]
+    return sorted(names, key=lambda n: int(_NAME.match(n).group(1)))
+
+
+def save(workdir: str, state: dict[str, Any], iteration: int, keep: int = 3) -> str:
+    """Writes `state` as model_<iteration>.pth, points `last_checkpoint` at it, prunes old ones.
+
+    Returns the path. On any error (disk full, ...) the previous checkpoint and pointer remain.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    name = checkpoint_name(iteration)
+    path = os.path.join(workdir, name)
+    _atomic_write(path, lambda f: torch.save(state, f))
+    _atomic_write(os.path.join(workdir, POINTER), lambda f: f.write(name.encode() + b"\n"))
+    if keep > 0:
+        for old in list_checkpoints(workdir)[:-keep]:
+            if old != name:
+                try:
+                    os.unlink(os.path.join(workdir, old))
+                except OSError as e:
+                    log.warning("could not remove old checkpoint %s: %s", old, e)
+    return path
+
+
+def find_last(workdir: str) -> str | None:
+    """Path named by `<workdir>/last_checkpoint`, or None when there is no pointer or file."""
+    pointer = os.path.join(workdir, POINTER)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    if not _NAME.match(name):  # the pointer only ever names a file in the workdir
+        log.warning("%s holds %r, not a checkpoint name; ignoring it", pointer, name)
+        return None
+    path = os.path.join(workdir, name)
+    return path if os.path.isfile(path) else None
+
+
+def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_latest(workdir: str, map_location: str | torch.device = "cpu") -> tuple[dict, str] | None:
+    """The newest checkpoint that loads, as (state, path); None when the workdir has none.
+
+    Starts at `last_checkpoint`; a truncated or corrupt file is reported and the next older one
+    is tried, so a damaged last file costs `checkpoint_period` iterations, not the run.
+    """
+    candidates = list_checkpoints(workdir)[::-1]
+    last = find_last(workdir)
+    if last is not None:
+        candidates.remove(os.path.basename(last))
+        candidates.insert(0, os.path.basename(last))
+    for name in candidates:
+        path = os.path.join(workdir, name)
+        try:
+            return load(path, map_location), path
+        except Exception as e:  # truncated zip, bad pickle, ...
+            log.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
+                        path, type(e).__name__, e)
+    return None
