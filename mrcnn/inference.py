@@ -129,7 +129,8 @@ def run_inference(
             stats.timed_images += len(results)
             stats.seconds = time.perf_counter() - t_start
         if log_period and stats.batches % log_period == 0:
-            log.info("inference: %d images done, %.2f images/s", stats.images, stats.images_per_s)
+            speed = f"{stats.images_per_s:.2f} images/s" if stats.seconds else "warming up"
+            log.info("inference: %d images done, %s", stats.images, speed)
         yield from results
     if stats.batches and stats.batches <= warmup:
         # Too few batches to leave any out: time them all rather than report nothing.
@@ -186,7 +187,8 @@ def build_inference_model(
 
     path, fmt = resolve_weights(config, workdir)  # fail before the (slow) build
     model = build_model(config.model)
-    load_weights(model, path, fmt)
+    # Strict about the class layers: detections from randomly initialized heads are meaningless.
+    load_weights(model, path, fmt, strict_classes=True)
     log.info("inference model: loaded %s weights from %s", fmt, path)
     model.to(device)
     if config.perf.channels_last:

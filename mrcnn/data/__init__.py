@@ -1,0 +1,37 @@
+"""The data pipeline: COCO-format datasets, transforms, deterministic samplers, loaders, and the
+synthetic shapes dataset.
+
+    from mrcnn.data import build_train_loader, build_test_loader, get_dataset_meta
+
+Files, one subject each: catalog (names -> paths, COCO categories), annotations (json parsing
+and validation), image_io (decoding), transforms (resize / flip / normalize), collate (padding,
+Batch), samplers (which images each step sees), coco (datasets), meta (labels <-> category ids),
+shapes (the generated dataset), loaders (the builders), serialize (worker-friendly storage).
+"""
+
+from mrcnn.data.annotations import AnnotationError
+from mrcnn.data.catalog import COCO_CATEGORIES, DatasetMissingError, data_root
+from mrcnn.data.collate import collate_images
+from mrcnn.data.image_io import ImageError, load_image
+from mrcnn.data.loaders import build_test_loader, build_train_loader, iters_per_epoch
+from mrcnn.data.meta import DatasetMeta, get_dataset_meta
+from mrcnn.data.shapes import ensure_shapes_dataset
+from mrcnn.data.transforms import ScaleInfo, preprocess
+
+__all__ = [
+    "AnnotationError",
+    "COCO_CATEGORIES",
+    "DatasetMeta",
+    "DatasetMissingError",
+    "ImageError",
+    "ScaleInfo",
+    "build_test_loader",
+    "build_train_loader",
+    "collate_images",
+    "data_root",
+    "ensure_shapes_dataset",
+    "get_dataset_meta",
+    "iters_per_epoch",
+    "load_image",
+    "preprocess",
+]

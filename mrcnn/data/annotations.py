@@ -1,0 +1,414 @@
+"""Reading a COCO-format annotation json into validated, compact per-image records.
+
+The json is parsed as data (the stdlib parser pycocotools uses; nothing is evaluated) and every
+record the pipeline relies on is checked before any C code (pycocotools' RLE routines) sees it.
+
+What is checked, and what happens (`on_bad` is `data.on_bad_annotation`):
+- not JSON, not an object, no "images" / "categories" list, bad or duplicate categories:
+  `AnnotationError` always (the file as a whole is unusable);
+- an image record without a positive integer id / height / width or a string file_name, or a
+  duplicate image id: "fail" -> `AnnotationError`; "skip" -> the image and its annotations are
+  dropped and counted (`bad_image_record`);
+- an annotation that is not an object, lacks id / image_id / category_id / bbox (/ segmentation
+  when masks are wanted), names an unknown image or category, has a non-finite bbox, a duplicate
+  id, or a malformed segmentation (polygons with NaN coordinates, odd length, coordinates far
+  outside the image, no part with >= 3 points; RLE whose size is not the image's or whose counts
+  do not cover it): "fail" -> `AnnotationError` naming the file, image id and annotation id;
+  "skip" -> dropped and counted (`bad_annotation`);
+- always dropped and counted, never an error: boxes of zero or negative size, or empty once
+  clipped to the image (`zero_size_box`); polygon parts with fewer than 3 points when the instance
+  has other, valid parts (`degenerate_polygon_part`, they enclose no area); crowd annotations in
+  training (`crowd`, ignored as the seed does).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Coordinates beyond this many image sizes outside the image are corrupt, not sloppy clicking
+# (COCO has polygons a pixel or two outside); bounding them also keeps pycocotools' rasterizer
+# away from integer overflow.
+_MAX_OUTSIDE = 1.0
+_LOGGED_PER_KIND = 10
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file or record; the message names the file and, for a record, the
+    image id and annotation id."""
+
+
+@dataclasses.dataclass
+class ImageRecord:
+    """One image and its usable instances, in original-image pixels.
+
+    boxes: float32 [N, 4] xyxy, clipped to the image; labels: int64 [N] (contiguous 1..K, or
+    category ids when the dataset maps ids to labels); category_ids: int64 [N].
+    Masks, when kept: `poly_coords` float32 [sum of part lengths] holds every polygon part of
+    the image back to back, `poly_part_lens` int32 [P] the length (2 x points) of each part,
+    `poly_parts` int32 [N] how many parts each instance has (0 for an RLE instance), and
+    `rles` one compressed RLE `bytes` per instance (None for polygon instances).
+    """
+
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    category_ids: np.ndarray
+    poly_coords: np.ndarray | None = None
+    poly_part_lens: np.ndarray | None = None
+    poly_parts: np.ndarray | None = None
+    rles: list[bytes | None] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def polygons(self) -> list[list[np.ndarray]]:
+        """Per instance, its polygon parts as float32 [2k] arrays ([] for RLE instances)."""
+        if self.poly_parts is None:
+            return [[] for _ in range(len(self))]
+        parts = np.split(self.poly_coords, np.cumsum(self.poly_part_lens)[:-1]) if len(
+            self.poly_part_lens) else []
+        out, k = [], 0
+        for n in self.poly_parts.tolist():
+            out.append(list(parts[k:k + n]))
+            k += n
+        return out
+
+
+@dataclasses.dataclass
+class ParsedAnnotations:
+    """What `parse_coco_json` returns. categories: (id, name) sorted by id."""
+
+    records: list[ImageRecord]
+    categories: list[tuple[int, str]]
+    counts: collections.Counter
+
+
+class _Bad(Exception):
+    """A record-level problem; turned into AnnotationError or a skip by the caller."""
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _pos_int(x: Any) -> int | None:
+    if _is_int(x) and x > 0:
+        return x
+    if isinstance(x, float) and math.isfinite(x) and x.is_integer() and x > 0:
+        return int(x)
+    return None
+
+
+def _finite_numbers(values: Any, what: str) -> np.ndarray:
+    if not isinstance(values, list):
+        raise _Bad(f"{what} must be a list of numbers, got {_short(values)}")
+    try:
+        # One C pass instead of a Python loop over every coordinate (COCO has ~40M of them).
+        arr = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        raise _Bad(f"{what} must be a flat list of numbers, got {_short(values)}") from None
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "biuf"):
+        raise _Bad(f"{what} must be a flat list of numbers, got {_short(values)}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise _Bad(f"{what} has NaN or infinite values: {_short(values)}")
+    return arr
+
+
+def _short(x: Any, n: int = 80) -> str:
+    s = repr(x)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def rle_string_counts(s: bytes) -> list[int] | None:
+    """Decodes the run lengths of a compressed COCO RLE string (pycocotools' `rleFrString`), or
+    None when the string is malformed. Pure Python so a corrupt string never reaches C."""
+    counts: list[int] = []
+    p, n = 0, len(s)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None
+            c = s[p] - 48
+            if c < 0 or c > 63:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if k > 6:  # > 30 bits: no real image needs it, and C would overflow its shift
+                return None
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _check_rle(seg: dict, h: int, w: int) -> bytes:
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        raise _Bad(f"RLE size must be [height, width], got {_short(size)}")
+    if size != [h, w]:
+        raise _Bad(f"RLE size {size} is not the image's [{h}, {w}]")
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != h * w:
+            raise _Bad(f"uncompressed RLE counts must be >= 0 and sum to {h * w}")
+        from pycocotools import mask as mask_util
+
+        return mask_util.frPyObjects(seg, h, w)["counts"]
+    if isinstance(counts, (str, bytes)):
+        raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
+        decoded = rle_string_counts(raw)
+        if decoded is None or any(c < 0 for c in decoded) or sum(decoded) != h * w:
+            raise _Bad(f"compressed RLE counts do not decode to {h * w} pixels")
+        return raw
+    raise _Bad(f"RLE counts must be a string or a list, got {_short(counts)}")
+
+
+def _check_polygons(seg: list, h: int, w: int, counts: collections.Counter) -> list[np.ndarray]:
+    if not seg:
+        raise _Bad("segmentation is an empty list")
+    parts, degenerate = [], 0
+    lo_x, hi_x, lo_y, hi_y = -_MAX_OUTSIDE * w, (1 + _MAX_OUTSIDE) * w, -_MAX_OUTSIDE * h, (
+        1 + _MAX_OUTSIDE) * h
+    for part in seg:
+        arr = _finite_numbers(part, "polygon")
+        if arr.size % 2:
+            raise _Bad(f"polygon has an odd number of coordinates ({arr.size})")
+        if arr.size and (arr[0::2].min() < lo_x or arr[0::2].max() > hi_x
+                         or arr[1::2].min() < lo_y or arr[1::2].max() > hi_y):
+            raise _Bad(f"polygon coordinates far outside the {w}x{h} image: {_short(part)}")
+        if arr.size < 6:
+            degenerate += 1
+            continue
+        parts.append(arr.astype(np.float32))
+    if not parts:
+        raise _Bad(f"polygon with fewer than 3 points: {_short(seg)}")
+    if degenerate:
+        counts["degenerate_polygon_part"] += degenerate
+    return parts
+
+
+def _check_image(img: Any) -> tuple[int, str, int, int]:
+    if not isinstance(img, dict):
+        raise _Bad(f"image record is not an object: {_short(img)}")
+    iid, name = img.get("id"), img.get("file_name")
+    h, w = _pos_int(img.get("height")), _pos_int(img.get("width"))
+    if not _is_int(iid):
+        raise _Bad(f"image record without an integer id: {_short(img)}")
+    if not isinstance(name, str) or not name:
+        raise _Bad(f"image {iid} has no file_name")
+    if h is None or w is None:
+        raise _Bad(f"image {iid} needs positive integer height and width, got "
+                   f"{img.get('height')!r} x {img.get('width')!r}")
+    return iid, name, h, w
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON (text encoding): {e}") from e
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read: {e}") from e
+    except RecursionError as e:
+        raise AnnotationError(f"{path}: JSON nested too deeply") from e
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: the top level must be an object, got "
+                              f"{type(data).__name__}")
+    return data
+
+
+def _read_categories(path: str, data: dict) -> list[tuple[int, str]]:
+    cats = data.get("categories")
+    if not isinstance(cats, list) or not cats:
+        raise AnnotationError(f"{path}: needs a non-empty 'categories' list")
+    out: dict[int, str] = {}
+    for c in cats:
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise AnnotationError(f"{path}: category without an integer id: {_short(c)}")
+        if c["id"] < 0:
+            raise AnnotationError(f"{path}: category id {c['id']} is negative")
+        if c["id"] in out:
+            raise AnnotationError(f"{path}: category id {c['id']} appears twice")
+        name = c.get("name")
+        out[c["id"]] = name if isinstance(name, str) else str(c["id"])
+    return sorted(out.items())
+
+
+def read_categories(path: str) -> list[tuple[int, str]]:
+    """(category id, name) of an annotation file, sorted by id."""
+    return _read_categories(path, _read_json(path))
+
+
+def parse_coco_json(
+    path: str,
+    *,
+    on_bad: str = "fail",
+    training: bool = True,
+    with_masks: bool = True,
+    ids_as_labels: bool = False,
+) -> ParsedAnnotations:
+    """Reads and validates `path`; returns one record per valid image, sorted by image id.
+
+    training: crowd annotations are dropped (counted) and "annotations" must exist; otherwise
+      annotations are only validated (evaluation reads the file itself) and records carry no
+      instances. with_masks: segmentations are required, checked and kept.
+    ids_as_labels: label = category id (else 1..K over the sorted category ids).
+    Raises AnnotationError (see the module docstring for what is an error and what a skip).
+    """
+    if on_bad not in ("fail", "skip"):
+        raise ValueError(f"on_bad must be 'fail' or 'skip', got {on_bad!r}")
+    data = _read_json(path)
+    categories = _read_categories(path, data)
+    cat_to_label = {cid: (cid if ids_as_labels else i + 1) for i, (cid, _) in enumerate(categories)}
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise AnnotationError(f"{path}: needs an 'images' list")
+    anns = data.get("annotations", None if training else [])
+    if not isinstance(anns, list):
+        raise AnnotationError(f"{path}: needs an 'annotations' list")
+
+    counts: collections.Counter = collections.Counter()
+    logged: collections.Counter = collections.Counter()
+
+    def bad(kind: str, where: str, why: str) -> None:
+        msg = f"{path}: {where}: {why}"
+        if on_bad == "fail":
+            raise AnnotationError(
+                msg + " (set --config.data.on_bad_annotation=skip to drop such records)"
+            )
+        counts[kind] += 1
+        if logged[kind] < _LOGGED_PER_KIND:
+            logged[kind] += 1
+            log.warning("skipping a bad record: %s", msg)
+
+    image_info: dict[int, tuple[str, int, int]] = {}
+    bad_image_ids: set[int] = set()
+    for img in images:
+        try:
+            iid, name, h, w = _check_image(img)
+            if iid in image_info or iid in bad_image_ids:
+                raise _Bad(f"image id {iid} appears twice")
+        except _Bad as e:
+            where = f"image {img.get('id')!r}" if isinstance(img, dict) else "image record"
+            bad("bad_image_record", where, str(e))
+            if isinstance(img, dict) and _is_int(img.get("id")):
+                bad_image_ids.add(img["id"])
+                image_info.pop(img["id"], None)
+            continue
+        image_info[iid] = (name, h, w)
+
+    per_image: dict[int, list[tuple]] = collections.defaultdict(list)
+    seen_ann_ids: set[int] = set()
+    required = ("id", "image_id", "category_id", "bbox")
+    for ann in anns:
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        iid = ann.get("image_id") if isinstance(ann, dict) else None
+        where = f"image {iid!r}, annotation {aid!r}"
+        try:
+            if not isinstance(ann, dict):
+                raise _Bad(f"annotation record is not an object: {_short(ann)}")
+            missing = [k for k in required if k not in ann]
+            crowd = ann.get("iscrowd", 0)
+            if crowd not in (0, 1, True, False):
+                raise _Bad(f"iscrowd must be 0 or 1, got {_short(crowd)}")
+            crowd = bool(crowd)
+            if with_masks and not crowd and "segmentation" not in ann:
+                missing.append("segmentation")
+            if missing:
+                raise _Bad(f"missing keys {missing}")
+            if not _is_int(aid):
+                raise _Bad(f"annotation id must be an integer, got {_short(aid)}")
+            if aid in seen_ann_ids:
+                raise _Bad(f"annotation id {aid} appears twice")
+            seen_ann_ids.add(aid)
+            if not _is_int(iid):
+                raise _Bad(f"image_id must be an integer, got {_short(iid)}")
+            if iid in bad_image_ids:
+                counts["dropped_with_image"] += 1
+                continue
+            if iid not in image_info:
+                raise _Bad(f"image_id {iid} is not in 'images'")
+            cid = ann["category_id"]
+            if not _is_int(cid) or cid not in cat_to_label:
+                raise _Bad(f"category_id {_short(cid)} is not in 'categories'")
+            if crowd and training:
+                counts["crowd"] += 1
+                continue
+            _, h, w = image_info[iid]
+            box = _finite_numbers(ann["bbox"], "bbox")
+            if box.size != 4:
+                raise _Bad(f"bbox must have 4 numbers [x, y, w, h], got {_short(ann['bbox'])}")
+            segm = None
+            if with_masks and not crowd:
+                seg = ann["segmentation"]
+                if isinstance(seg, list):
+                    segm = _check_polygons(seg, h, w, counts)
+                elif isinstance(seg, dict):
+                    segm = _check_rle(seg, h, w)
+                else:
+                    raise _Bad(f"segmentation must be polygons or RLE, got {_short(seg)}")
+        except _Bad as e:
+            bad("bad_annotation", where, str(e))
+            continue
+        x, y, bw, bh = box.tolist()
+        x1, y1 = max(x, 0.0), max(y, 0.0)
+        x2, y2 = min(x + bw, float(w)), min(y + bh, float(h))
+        if bw <= 0 or bh <= 0 or x2 <= x1 or y2 <= y1:
+            counts["zero_size_box"] += 1
+            continue
+        if training:
+            per_image[iid].append((x1, y1, x2, y2, cat_to_label[cid], cid, segm))
+
+    records = []
+    for iid in sorted(image_info):
+        name, h, w = image_info[iid]
+        records.append(_make_record(iid, name, h, w, per_image.get(iid, []), with_masks))
+    if counts:
+        log.info("%s: %d images; dropped or skipped: %s", path, len(records), dict(counts))
+    return ParsedAnnotations(records, categories, counts)
+
+
+def _make_record(iid: int, name: str, h: int, w: int, insts: list[tuple],
+                 with_masks: bool) -> ImageRecord:
+    n = len(insts)
+    boxes = np.array([i[:4] for i in insts], dtype=np.float32).reshape(n, 4)
+    labels = np.array([i[4] for i in insts], dtype=np.int64)
+    cids = np.array([i[5] for i in insts], dtype=np.int64)
+    rec = ImageRecord(iid, name, h, w, boxes, labels, cids)
+    if with_masks:
+        coords, lens, parts, rles = [], [], [], []
+        for inst in insts:
+            segm = inst[6]
+            if isinstance(segm, bytes):
+                parts.append(0)
+                rles.append(segm)
+            else:
+                parts.append(len(segm))
+                lens.extend(len(p) for p in segm)
+                coords.extend(segm)
+                rles.append(None)
+        rec.poly_coords = (np.concatenate(coords) if coords else np.zeros(0)).astype(np.float32)
+        rec.poly_part_lens = np.array(lens, dtype=np.int32)
+        rec.poly_parts = np.array(parts, dtype=np.int32)
+        rec.rles = rles
+    return rec

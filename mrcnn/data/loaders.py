@@ -1,0 +1,190 @@
+"""The train and test loaders: dataset + sampler + DataLoader workers + collate."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from mrcnn.data import catalog, shapes
+from mrcnn.data.coco import CocoTestDataset, CocoTrainDataset
+from mrcnn.data.collate import collate_test, collate_train
+from mrcnn.data.meta import DatasetMeta
+from mrcnn.data.samplers import TrainBatchSampler, TrainSchedule, shard_range
+from mrcnn.structures import Batch
+
+log = logging.getLogger(__name__)
+
+
+def resolve_dataset_cfg(config: ml_collections.ConfigDict, dataset_cfg: Any) -> Any:
+    """A shapes dataset config becomes explicit paths (generating the data if needed); others
+    are returned as they are."""
+    if not catalog.is_shapes(dataset_cfg):
+        return dataset_cfg
+    train_cfg, val_cfg = shapes.ensure_shapes_dataset(config)
+    return train_cfg if shapes.split_of(catalog.dataset_name(dataset_cfg)) == "train" else val_cfg
+
+
+def iters_per_epoch(config: ml_collections.ConfigDict, dataset_len: int) -> int:
+    """Optimizer steps per pass over `dataset_len` images (at least 1)."""
+    return max(1, int(dataset_len) // int(config.solver.ims_per_batch))
+
+
+def _pin(config: ml_collections.ConfigDict) -> bool:
+    return torch.cuda.is_available() and config.device != "cpu"
+
+
+def _check_num_classes(config: ml_collections.ConfigDict, meta: DatasetMeta, where: str) -> None:
+    need = meta.num_classes
+    have = int(config.model.num_classes)
+    if have < need:
+        raise ValueError(
+            f"config.model.num_classes={have} but {where} has labels up to {need - 1} "
+            f"({len(meta.category_ids)} categories): set --config.model.num_classes={need}"
+        )
+    if have > need:
+        log.warning("config.model.num_classes=%d but %s needs only %d", have, where, need)
+
+
+class TrainLoader:
+    """Infinite iterator of this rank's training micro-batches (`Batch`, targets set).
+
+    Attributes: dataset (its `bad_counts` includes "bad_image", updated as images are skipped),
+    schedule (TrainSchedule), iters_per_epoch (optimizer steps per epoch), micro_batch_size.
+    """
+
+    def __init__(self, loader: DataLoader, dataset: CocoTrainDataset, schedule: TrainSchedule,
+                 iters_per_epoch: int, micro_batch_size: int):
+        self.loader, self.dataset, self.schedule = loader, dataset, schedule
+        self.iters_per_epoch, self.micro_batch_size = iters_per_epoch, micro_batch_size
+        self._it: Iterator | None = None
+
+    def __iter__(self) -> TrainLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._it is None:
+            self._it = iter(self.loader)
+        batch, skipped = next(self._it)
+        if skipped:
+            self.dataset.bad_counts["bad_image"] = self.dataset.bad_counts.get(
+                "bad_image", 0) + len(skipped)
+        return batch
+
+    @property
+    def bad_counts(self) -> dict[str, int]:
+        return self.dataset.bad_counts
+
+    def close(self) -> None:
+        """Stops the worker processes (they also stop when the loader is garbage-collected)."""
+        self._it = None
+
+
+def build_train_loader(
+    config: ml_collections.ConfigDict, start_iter: int = 0, rank: int = 0, world_size: int = 1
+) -> TrainLoader:
+    """Micro-batches of `solver.ims_per_batch // (world_size * solver.accumulate_steps)` images
+    for rank `rank`, from optimizer step `start_iter` on (see samplers.py for what each step
+    holds). Images are resized, flipped and normalized per `config.input`; batches are
+    aspect-ratio grouped when `data.aspect_ratio_grouping`. Deterministic in `config.seed`.
+    """
+    s = config.solver
+    dataset_cfg = resolve_dataset_cfg(config, config.data.train)
+    img_dir, ann_file = catalog.require_dataset(config, dataset_cfg)
+    dataset = CocoTrainDataset(
+        img_dir,
+        ann_file,
+        config.input,
+        on_bad_annotation=config.data.on_bad_annotation,
+        on_bad_image=config.data.on_bad_image,
+        filter_empty=config.data.filter_empty,
+        ids_as_labels=config.data.category_ids_as_labels,
+        with_masks=config.model.mask_on,
+    )
+    _check_num_classes(config, dataset.meta, ann_file)
+    groups = dataset.group_ids if config.data.aspect_ratio_grouping else np.zeros(len(dataset),
+                                                                                  np.int64)
+    schedule = TrainSchedule(groups, s.ims_per_batch, config.seed)
+    sampler = TrainBatchSampler(schedule, start_iter, s.accumulate_steps, rank, world_size)
+    workers = int(config.data.num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=functools.partial(collate_train,
+                                     size_divisibility=config.input.size_divisibility),
+        pin_memory=_pin(config),
+        persistent_workers=workers > 0,
+    )
+    per_rank = s.ims_per_batch // (world_size * s.accumulate_steps)
+    log.info("train data: %s, %d images, %d instances, %d per micro-batch on this rank, "
+             "dropped at load: %s", ann_file, len(dataset), dataset.num_instances, per_rank,
+             {k: v for k, v in dataset.bad_counts.items() if v})
+    return TrainLoader(loader, dataset, schedule, iters_per_epoch(config, len(dataset)), per_rank)
+
+
+class TestLoader:
+    """Iterable of this rank's test batches (`Batch`, targets None), in image-id order.
+
+    Batches whose images were all unreadable (skipped) are not yielded. len() is the number of
+    batches of this rank's shard; `shard` the dataset positions it covers.
+    """
+
+    def __init__(self, loader: DataLoader, dataset: CocoTestDataset, shard: range):
+        self.loader, self.dataset, self.shard = loader, dataset, shard
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch, skipped in self.loader:
+            if skipped:
+                self.dataset.bad_counts["bad_image"] = self.dataset.bad_counts.get(
+                    "bad_image", 0) + len(skipped)
+            if len(batch.infos):
+                yield batch
+
+
+def build_test_loader(
+    config: ml_collections.ConfigDict,
+    dataset_cfg: Any = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[TestLoader, CocoTestDataset]:
+    """(loader, dataset) for evaluating on `dataset_cfg` (default `config.data.val`).
+
+    Batches of `test.ims_per_batch` images; rank r of W gets a contiguous shard of the images,
+    disjoint from the others, so every image is seen exactly once over all ranks. The dataset
+    exposes `ann_file` (for pycocotools), `image_ids` (the images evaluated: the first
+    `eval.num_images` when > 0) and `meta`.
+    """
+    dataset_cfg = resolve_dataset_cfg(config, dataset_cfg if dataset_cfg is not None
+                                      else config.data.val)
+    img_dir, ann_file = catalog.require_dataset(config, dataset_cfg)
+    dataset = CocoTestDataset(
+        img_dir,
+        ann_file,
+        config.input,
+        on_bad_annotation=config.data.on_bad_annotation,
+        on_bad_image=config.data.on_bad_image,
+        num_images=int(config.eval.num_images),
+        ids_as_labels=config.data.category_ids_as_labels,
+        with_masks=config.model.mask_on,
+    )
+    shard = shard_range(len(dataset), rank, world_size)
+    loader = DataLoader(
+        Subset(dataset, list(shard)),
+        batch_size=int(config.test.ims_per_batch),
+        shuffle=False,
+        num_workers=int(config.data.num_workers),
+        collate_fn=functools.partial(collate_test,
+                                     size_divisibility=config.input.size_divisibility),
+        pin_memory=_pin(config),
+    )
+    return TestLoader(loader, dataset, shard), dataset

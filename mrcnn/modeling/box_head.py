@@ -1,0 +1,75 @@
+"""Box heads (RoI features -> a vector per RoI) and the box predictor (class logits, deltas)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mrcnn.modeling.backbone import init_resnet, make_stage, resnet_spec
+
+
+class MLPHead(nn.Module):
+    """FPN box head: flatten [R, C, S, S] -> num_fc x (Linear(fc_dim) + ReLU) -> [R, fc_dim].
+
+    Submodules `fc.{i}`; torchvision's TwoMLPHead (fc6, fc7) is the case num_fc=2.
+    """
+
+    def __init__(self, in_channels: int, resolution: int, num_fc: int, fc_dim: int):
+        super().__init__()
+        dims = [in_channels * resolution * resolution] + [fc_dim] * num_fc
+        self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        for m in self.fc:
+            # caffe2's XavierFill, as detectron2's FastRCNNConvFCHead.
+            nn.init.kaiming_uniform_(m.weight, a=1)
+            nn.init.zeros_(m.bias)
+        self.out_channels = dims[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for fc in self.fc:
+            x = F.relu(fc(x))
+        return x
+
+
+class Res5Head(nn.Module):
+    """C4 box head: ResNet's res5 stage on pooled res4 features, then global average pooling.
+
+    forward_features: [R, C4, S, S] -> [R, C5, S/2, S/2] (the C4 mask branch reuses it);
+    forward: -> [R, C5]. `res5` is named like the body's stages, so ImageNet weights of res5
+    map onto it.
+    """
+
+    def __init__(
+        self, depth: int, width: int, norm: str, gn_groups: int, stride_in_1x1: bool
+    ):
+        super().__init__()
+        block, blocks = resnet_spec(depth)
+        c_in = width * 4 * block.expansion
+        self.res5 = make_stage(
+            block, blocks[3], c_in, width * 8, 2, norm, gn_groups, stride_in_1x1
+        )
+        init_resnet(self)
+        self.out_channels = width * 8 * block.expansion
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.res5(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class BoxPredictor(nn.Module):
+    """[R, D] -> (class logits [R, num_classes], deltas [R, num_classes * 4]), class-specific
+    regression (column block k holds class k's deltas; block 0, background, is unused)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)

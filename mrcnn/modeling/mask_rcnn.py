@@ -1,0 +1,291 @@
+"""The Mask R-CNN model: backbone (+FPN) -> RPN -> RoI box head -> RoI mask head.
+
+The module holds the weights and wires the pure functions of the sibling files together.
+Batching: every stage runs on the whole batch at once (ground truth and proposals padded per
+image, RoIs flattened with their image index), never one image at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+import torch
+from torch import Tensor, nn
+
+from mrcnn.modeling.anchors import AnchorCache
+from mrcnn.modeling.backbone import ResNet
+from mrcnn.modeling.box_head import BoxPredictor, MLPHead, Res5Head
+from mrcnn.modeling.boxes import image_sizes_tensor
+from mrcnn.modeling.fpn import FPN, Backbone
+from mrcnn.modeling.losses import fastrcnn_loss, mask_loss, rpn_loss
+from mrcnn.modeling.mask_head import MaskHead, MaskPredictor, select_class_masks
+from mrcnn.modeling.mask_targets import mask_targets
+from mrcnn.modeling.poolers import roi_pool
+from mrcnn.modeling.postprocess import box_detections
+from mrcnn.modeling.rpn import RPNHead, flatten_outputs, select_proposals
+from mrcnn.modeling.sampling import sample_pos_neg
+from mrcnn.modeling.targets import pad_gt, roi_targets, rpn_targets
+from mrcnn.structures import Detections, ImageBatch, Targets
+
+C4_BODY_STRIDE = 16  # res4
+
+
+class MaskRCNN(nn.Module):
+    """Mask R-CNN (or Faster R-CNN with `mask_on=False`) built from a `config.model` section.
+
+    forward(images, targets=None):
+    - training (needs targets): dict of float32 scalar losses `loss_objectness`,
+      `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg` and, with masks, `loss_mask`;
+    - eval: one `Detections` per image in resized-image pixels: boxes float32 [K, 4] xyxy,
+      scores [K], labels int64 [K] (1..num_classes-1), masks float [K, 1, M, M] probabilities
+      of the predicted class in the box (None without the mask head).
+    images: normalized, zero-padded `ImageBatch` (the model neither normalizes nor resizes).
+
+    Submodules: backbone (body [+ fpn]), rpn, box_head, box_predictor, mask_head (FPN only),
+    mask_predictor. `sampling_generator` (None: the global RNG) drives the training samplers.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        super().__init__()
+        # Frozen: the model reads its settings at every forward, nothing may change them.
+        self.cfg = ml_collections.FrozenConfigDict(cfg)
+        cfg = self.cfg
+        bb = cfg.backbone
+        self.use_fpn = bool(bb.fpn)
+        body = ResNet(
+            depth=bb.depth,
+            width=bb.width,
+            norm=bb.norm,
+            gn_groups=bb.gn_groups,
+            freeze_at=bb.freeze_at,
+            stride_in_1x1=bb.stride_in_1x1,
+            num_stages=4 if self.use_fpn else 3,
+        )
+        fpn = FPN(body.out_channels, bb.fpn_channels, bb.fpn_norm, bb.gn_groups) if self.use_fpn else None
+        self.backbone = Backbone(body, fpn)
+        channels = self.backbone.out_channels
+
+        a = cfg.anchor
+        if self.use_fpn:
+            self.anchors = AnchorCache([(s,) for s in a.sizes], a.aspect_ratios)
+        else:
+            if a.c4_stride != C4_BODY_STRIDE:
+                raise ValueError(
+                    f"config.model.anchor.c4_stride={a.c4_stride}: the C4 features (res4) have "
+                    f"stride {C4_BODY_STRIDE}"
+                )
+            self.anchors = AnchorCache([tuple(a.sizes)], a.aspect_ratios, strides=[a.c4_stride])
+        num_anchors = self.anchors.num_anchors_per_location
+        if len(set(num_anchors)) != 1:
+            raise ValueError("the shared RPN head needs the same number of anchors on every level")
+        self.rpn = RPNHead(channels, num_anchors[0])
+
+        bh = cfg.box_head
+        if self.use_fpn:
+            self.box_head = MLPHead(channels, bh.pooler_resolution, bh.num_fc, bh.fc_dim)
+        else:
+            self.box_head = Res5Head(bb.depth, bb.width, bb.norm, bb.gn_groups, bb.stride_in_1x1)
+        self.box_predictor = BoxPredictor(self.box_head.out_channels, cfg.num_classes)
+
+        self.mask_on = bool(cfg.mask_on)
+        self.mask_head: nn.Module | None = None
+        self.mask_predictor: nn.Module | None = None
+        if self.mask_on:
+            mh = cfg.mask_head
+            if self.use_fpn:
+                self.mask_head = MaskHead(channels, mh.num_conv, mh.conv_dim, mh.norm, bb.gn_groups)
+                self.mask_predictor = MaskPredictor(mh.conv_dim, mh.conv_dim, cfg.num_classes)
+            else:
+                # maskrcnn-benchmark's R-50-C4: the mask predictor runs on res5's output.
+                self.mask_predictor = MaskPredictor(
+                    self.box_head.out_channels, mh.conv_dim, cfg.num_classes
+                )
+        self.sampling_generator: torch.Generator | None = None
+
+    # ------------------------------------------------------------------ pieces
+    def _roi_features(self, feats: list[Tensor]) -> list[Tensor]:
+        # P6 only serves the RPN (torchvision pools from P2..P5).
+        return feats[:4] if self.use_fpn else feats
+
+    def _pool(
+        self,
+        feats: list[Tensor],
+        boxes: Tensor,
+        batch_idx: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        resolution: int,
+        sampling_ratio: int,
+    ) -> Tensor:
+        return roi_pool(
+            feats, boxes, batch_idx, image_sizes, resolution, sampling_ratio,
+            aligned=bool(self.cfg.roi_heads.aligned),
+        )
+
+    def _box_forward(
+        self, feats: list[Tensor], boxes: Tensor, batch_idx: Tensor, image_sizes
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """-> class logits, box deltas, and (C4) the res5 features for the mask branch."""
+        bh = self.cfg.box_head
+        x = self._pool(feats, boxes, batch_idx, image_sizes, bh.pooler_resolution, bh.sampling_ratio)
+        res5 = None
+        if self.use_fpn:
+            h = self.box_head(x)
+        else:
+            res5 = self.box_head.forward_features(x)
+            h = res5.mean(dim=(2, 3))
+        logits, deltas = self.box_predictor(h)
+        return logits, deltas, res5
+
+    def _mask_logits(
+        self,
+        feats: list[Tensor],
+        boxes: Tensor,
+        batch_idx: Tensor,
+        image_sizes,
+        res5: Tensor | None = None,
+    ) -> Tensor:
+        """Per-class mask logits [R, num_classes, M, M] of boxes [R, 4]. `res5` (C4 only): the
+        box branch's res5 features of these very boxes, reused when the poolers agree."""
+        mh = self.cfg.mask_head
+        if self.use_fpn:
+            x = self._pool(feats, boxes, batch_idx, image_sizes, mh.pooler_resolution, mh.sampling_ratio)
+            return self.mask_predictor(self.mask_head(x))
+        if res5 is None:
+            x = self._pool(feats, boxes, batch_idx, image_sizes, mh.pooler_resolution, mh.sampling_ratio)
+            res5 = self.box_head.forward_features(x)
+        return self.mask_predictor(res5)
+
+    def _c4_can_share(self) -> bool:
+        bh, mh = self.cfg.box_head, self.cfg.mask_head
+        return (bh.pooler_resolution, bh.sampling_ratio) == (mh.pooler_resolution, mh.sampling_ratio)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, images: ImageBatch, targets: list[Targets] | None = None
+    ) -> dict[str, Tensor] | list[Detections]:
+        if self.training and targets is None:
+            raise ValueError("the model is in training mode: pass targets (or call model.eval())")
+        if targets is not None and len(targets) != len(images):
+            raise ValueError(f"{len(targets)} targets for {len(images)} images")
+        x = images.tensor
+        device = x.device
+        image_sizes = [tuple(int(v) for v in s) for s in images.image_sizes]
+        image_hw = image_sizes_tensor(image_sizes, device)
+
+        feats = self.backbone(x)
+        logits, deltas = self.rpn(feats)
+        objectness, rpn_deltas, level_sizes = flatten_outputs(logits, deltas)
+        anchors = torch.cat(
+            self.anchors(tuple(x.shape[-2:]), [tuple(f.shape[-2:]) for f in feats], device)
+        )
+        r = self.cfg.rpn
+        proposals, _, valid = select_proposals(
+            objectness,
+            rpn_deltas,
+            anchors,
+            level_sizes,
+            image_hw,
+            pre_nms_top_n=r.pre_nms_top_n_train if self.training else r.pre_nms_top_n_test,
+            post_nms_top_n=r.post_nms_top_n_train if self.training else r.post_nms_top_n_test,
+            nms_thresh=r.nms_thresh,
+            min_size=r.min_size,
+            score_thresh=r.score_thresh,
+            weights=r.bbox_reg_weights,
+        )
+        roi_feats = self._roi_features(feats)
+        if self.training:
+            return self._losses(
+                targets, objectness, rpn_deltas, anchors, proposals, valid, roi_feats, image_sizes
+            )
+        return self._detect(proposals, valid, roi_feats, image_sizes, image_hw)
+
+    def _losses(
+        self, targets, objectness, rpn_deltas, anchors, proposals, valid, feats, image_sizes
+    ) -> dict[str, Tensor]:
+        r, rh = self.cfg.rpn, self.cfg.roi_heads
+        gt = pad_gt(targets, objectness.device)
+        labels, reg_targets = rpn_targets(
+            anchors, gt, r.fg_iou_thresh, r.bg_iou_thresh, r.bbox_reg_weights
+        )
+        pos, neg = sample_pos_neg(
+            labels, r.batch_size_per_image, r.positive_fraction, self.sampling_generator
+        )
+        loss_obj, loss_rpn_box = rpn_loss(
+            objectness, rpn_deltas, reg_targets, pos, neg, r.smooth_l1_beta
+        )
+        s = roi_targets(
+            proposals,
+            valid,
+            gt,
+            rh.fg_iou_thresh,
+            rh.bg_iou_thresh,
+            rh.batch_size_per_image,
+            rh.positive_fraction,
+            rh.bbox_reg_weights,
+            self.sampling_generator,
+        )
+        cls_logits, box_deltas, res5 = self._box_forward(feats, s.boxes, s.batch_idx, image_sizes)
+        loss_cls, loss_box = fastrcnn_loss(
+            cls_logits, box_deltas, s.labels, s.regression_targets, rh.smooth_l1_beta
+        )
+        losses = {
+            "loss_objectness": loss_obj,
+            "loss_rpn_box_reg": loss_rpn_box,
+            "loss_classifier": loss_cls,
+            "loss_box_reg": loss_box,
+        }
+        if self.mask_on:
+            p = torch.nonzero(s.labels > 0).squeeze(1)
+            boxes, bidx = s.boxes[p], s.batch_idx[p]
+            shared = res5[p] if res5 is not None and self._c4_can_share() else None
+            mask_logits = self._mask_logits(feats, boxes, bidx, image_sizes, shared)
+            mt = mask_targets(
+                boxes,
+                bidx,
+                s.matched_gt[p],
+                [t.masks for t in targets],
+                mask_logits.shape[-1],
+                aligned=bool(self.cfg.roi_heads.aligned),
+            )
+            losses["loss_mask"] = mask_loss(mask_logits, s.labels[p], mt)
+        return losses
+
+    def _detect(self, proposals, valid, feats, image_sizes, image_hw) -> list[Detections]:
+        rh = self.cfg.roi_heads
+        bi, pi = torch.nonzero(valid, as_tuple=True)
+        rois = proposals[bi, pi]
+        cls_logits, box_deltas, _ = self._box_forward(feats, rois, bi, image_sizes)
+        boxes, scores, labels, img = box_detections(
+            cls_logits,
+            box_deltas,
+            rois,
+            bi,
+            image_hw,
+            score_thresh=rh.score_thresh,
+            nms_thresh=rh.nms_thresh,
+            detections_per_img=rh.detections_per_img,
+            weights=rh.bbox_reg_weights,
+        )
+        masks = None
+        if self.mask_on:
+            if boxes.shape[0]:
+                mask_logits = self._mask_logits(feats, boxes, img, image_sizes)
+                masks = select_class_masks(mask_logits, labels)
+            else:
+                m = self.mask_resolution
+                masks = boxes.new_zeros((0, 1, m, m))
+        counts = torch.bincount(img, minlength=len(image_sizes)).tolist()
+        mask_parts = masks.split(counts) if masks is not None else [None] * len(counts)
+        return [
+            Detections(*part)
+            for part in zip(boxes.split(counts), scores.split(counts), labels.split(counts), mask_parts)
+        ]
+
+    @property
+    def mask_resolution(self) -> int:
+        """Side of the predicted masks: 2x the mask pooler (FPN); C4's res5 halves the pooled
+        size and the deconv doubles it back."""
+        m = self.cfg.mask_head.pooler_resolution
+        return 2 * m if self.use_fpn else 2 * (m // 2)
+

@@ -1,0 +1,128 @@
+"""Region Proposal Network: the head (weights) and proposal selection (a pure function).
+
+Proposal selection is torchvision's `RegionProposalNetwork.filter_proposals`, batched: per
+level the `pre_nms_top_n` highest objectness logits, decoded, clipped to the image, boxes with
+a side below `min_size` or a probability below `score_thresh` dropped, NMS per image and level,
+then the `post_nms_top_n` best per image. All images and levels go through one NMS call (the
+group of a box is image * num_levels + level), and only the top-k boxes are decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import ops
+from mrcnn.modeling import box_coder
+from mrcnn.modeling.boxes import clip_boxes, nonempty
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then 1x1 convs to A objectness logits and 4A deltas; shared by levels.
+
+    forward(list of [B, C, H_l, W_l]) -> (objectness list of [B, A, H_l, W_l],
+    deltas list of [B, 4A, H_l, W_l]).
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for m in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = [], []
+        for f in feats:
+            t = F.relu(self.conv(f))
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return logits, deltas
+
+
+def flatten_outputs(
+    logits: Sequence[Tensor], deltas: Sequence[Tensor]
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Head outputs to the anchors' order (level, y, x, anchor):
+    -> objectness [B, N], deltas [B, N, 4], anchors per level [N_l]."""
+    obj, reg, sizes = [], [], []
+    for lg, dl in zip(logits, deltas):
+        b, a, h, w = lg.shape
+        obj.append(lg.permute(0, 2, 3, 1).reshape(b, -1))
+        reg.append(dl.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
+        sizes.append(h * w * a)
+    return torch.cat(obj, dim=1), torch.cat(reg, dim=1), sizes
+
+
+def select_proposals(
+    objectness: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    level_sizes: Sequence[int],
+    image_hw: Tensor,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float,
+    min_size: float,
+    score_thresh: float,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+) -> tuple[Tensor, Tensor, Tensor]:
+    """objectness logits [B, N], deltas [B, N, 4], anchors [N, 4] (levels concatenated, sizes
+    `level_sizes`), image_hw float [B, 2] unpadded (h, w).
+
+    Returns (boxes float32 [B, P, 4], probabilities float32 [B, P], valid bool [B, P]) with
+    P = min(post_nms_top_n, pre-NMS candidates per image): each image's proposals first, by decreasing score, then
+    padding (zeros, valid False). No gradient flows (proposals are treated as constants).
+    """
+    objectness = objectness.detach().float()
+    deltas = deltas.detach().float()
+    b = objectness.shape[0]
+    num_levels = len(level_sizes)
+    tops, lvls = [], []
+    offset = 0
+    for level, n in enumerate(level_sizes):
+        k = min(pre_nms_top_n, n)
+        top = objectness[:, offset : offset + n].topk(k, dim=1).indices
+        tops.append(top + offset)
+        lvls.append(torch.full((k,), level, dtype=torch.int64, device=objectness.device))
+        offset += n
+    idx = torch.cat(tops, dim=1)  # [B, K]
+    lvl = torch.cat(lvls)  # [K]
+    scores = torch.sigmoid(torch.gather(objectness, 1, idx))
+    d = torch.gather(deltas, 1, idx[..., None].expand(-1, -1, 4))
+    boxes = box_coder.decode(d, anchors[idx], weights)
+    boxes = clip_boxes(boxes, image_hw[:, 0:1], image_hw[:, 1:2])
+    keep_mask = nonempty(boxes, min_size) & (scores >= score_thresh)
+
+    bi, ki = torch.nonzero(keep_mask, as_tuple=True)
+    cand_boxes, cand_scores = boxes[bi, ki], scores[bi, ki]
+    keep = ops.batched_nms(cand_boxes, cand_scores, bi * num_levels + lvl[ki], nms_thresh)
+    p = min(post_nms_top_n, idx.shape[1])
+    return _top_per_image(cand_boxes[keep], cand_scores[keep], bi[keep], b, p)
+
+
+def _top_per_image(
+    boxes: Tensor, scores: Tensor, batch_idx: Tensor, num_images: int, top_n: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """From candidates sorted by decreasing score (any image order), the first `top_n` of each
+    image, scattered into padded [B, top_n] slots."""
+    order = torch.sort(batch_idx, stable=True).indices  # by image, score order kept inside
+    boxes, scores, batch_idx = boxes[order], scores[order], batch_idx[order]
+    counts = torch.bincount(batch_idx, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(batch_idx.shape[0], device=batch_idx.device) - starts[batch_idx]
+    sel = rank < top_n
+    out_boxes = boxes.new_zeros((num_images, top_n, 4))
+    out_scores = scores.new_zeros((num_images, top_n))
+    out_valid = torch.zeros((num_images, top_n), dtype=torch.bool, device=boxes.device)
+    bi, ri = batch_idx[sel], rank[sel]
+    out_boxes[bi, ri] = boxes[sel]
+    out_scores[bi, ri] = scores[sel]
+    out_valid[bi, ri] = True
+    return out_boxes, out_scores, out_valid

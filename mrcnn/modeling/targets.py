@@ -1,0 +1,135 @@
+"""Training targets of the RPN (per anchor) and of the box head (per sampled proposal).
+
+Everything is batched over images: ground truth is padded to the largest count in the batch
+(`pad_gt`), padded rows are marked invalid and can never be matched. Label conventions:
+- RPN labels, int64 [B, N]: 1 object, 0 background, -1 ignored (between the IoU thresholds);
+- RoI labels, int64: the gt class (1..num_classes-1), 0 background, -1 ignored / padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mrcnn.modeling import box_coder
+from mrcnn.modeling.boxes import pairwise_iou
+from mrcnn.modeling.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match
+from mrcnn.modeling.sampling import sample_pos_neg
+from mrcnn.structures import Targets
+
+
+@dataclasses.dataclass
+class PaddedGT:
+    """Ground truth of a batch padded to M = max(1, most boxes in one image).
+
+    boxes: float32 [B, M, 4] xyxy (padding rows are (0, 0, 1, 1), a harmless finite box);
+    labels: int64 [B, M] (padding 0); valid: bool [B, M].
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+
+
+def pad_gt(targets: Sequence[Targets], device: torch.device) -> PaddedGT:
+    """Stacks per-image ground truth into padded [B, M, ...] tensors on `device`."""
+    b = len(targets)
+    m = max([1] + [int(t.boxes.shape[0]) for t in targets])
+    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(b, m, 1)
+    labels = torch.zeros((b, m), dtype=torch.int64, device=device)
+    valid = torch.zeros((b, m), dtype=torch.bool, device=device)
+    for i, t in enumerate(targets):
+        n = int(t.boxes.shape[0])
+        if n:
+            boxes[i, :n] = t.boxes.to(device=device, dtype=torch.float32)
+            labels[i, :n] = t.labels.to(device)
+            valid[i, :n] = True
+    return PaddedGT(boxes, labels, valid)
+
+
+def _quality(gt: PaddedGT, boxes: Tensor) -> Tensor:
+    """IoU [B, M, N] of the gt with boxes [N, 4] or [B, N, 4]; padded gt rows hold -1."""
+    iou = pairwise_iou(gt.boxes, boxes if boxes.dim() == 3 else boxes[None])
+    return torch.where(gt.valid[..., None], iou, torch.full_like(iou, -1.0))
+
+
+def rpn_targets(
+    anchors: Tensor,
+    gt: PaddedGT,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    weights: Sequence[float],
+) -> tuple[Tensor, Tensor]:
+    """Anchors [N, 4] (shared by all images) vs gt -> (labels int64 [B, N] in {1, 0, -1},
+    regression targets float32 [B, N, 4]; rows that are not positive may be non-finite).
+
+    Low-quality matches are kept (each gt's best anchors are positives), as torchvision's RPN.
+    """
+    matched = match(
+        _quality(gt, anchors), fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True,
+        gt_valid=gt.valid,
+    )
+    labels = torch.where(
+        matched >= 0,
+        torch.ones_like(matched),
+        torch.where(matched == BETWEEN_THRESHOLDS, torch.full_like(matched, -1), torch.zeros_like(matched)),
+    )
+    idx = matched.clamp(min=0)
+    matched_boxes = torch.gather(gt.boxes, 1, idx[..., None].expand(-1, -1, 4))
+    targets = box_coder.encode(matched_boxes, anchors[None].expand_as(matched_boxes), weights)
+    return labels, targets
+
+
+@dataclasses.dataclass
+class RoISamples:
+    """Sampled proposals of a batch, flattened over images (ordered by image, then by the
+    proposal's position: the RPN's proposals by score, then the ground-truth boxes).
+
+    boxes: float32 [R, 4]; batch_idx: int64 [R]; labels: int64 [R] (0 background);
+    matched_gt: int64 [R], index of the matched gt in its image (0 for background);
+    regression_targets: float32 [R, 4] (meaningful where labels > 0).
+    """
+
+    boxes: Tensor
+    batch_idx: Tensor
+    labels: Tensor
+    matched_gt: Tensor
+    regression_targets: Tensor
+
+
+def roi_targets(
+    proposals: Tensor,
+    proposals_valid: Tensor,
+    gt: PaddedGT,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    weights: Sequence[float],
+    generator: torch.Generator | None = None,
+) -> RoISamples:
+    """torchvision's select_training_samples, batched: append the gt boxes to the proposals
+    [B, P, 4] (valid [B, P]), match at fg/bg IoU without low-quality matches, sample
+    `batch_size_per_image` per image with `positive_fraction` positives, encode the targets."""
+    boxes = torch.cat([proposals, gt.boxes], dim=1)
+    valid = torch.cat([proposals_valid, gt.valid], dim=1)
+    matched = match(_quality(gt, boxes), fg_iou_thresh, bg_iou_thresh)
+    idx = matched.clamp(min=0)
+    labels = torch.gather(gt.labels, 1, idx)
+    labels = torch.where(matched == BELOW_LOW_THRESHOLD, torch.zeros_like(labels), labels)
+    labels = torch.where(matched == BETWEEN_THRESHOLDS, torch.full_like(labels, -1), labels)
+    labels = torch.where(valid, labels, torch.full_like(labels, -1))
+    pos, neg = sample_pos_neg(labels, batch_size_per_image, positive_fraction, generator)
+    b, q = torch.nonzero(pos | neg, as_tuple=True)
+    rois = boxes[b, q]
+    mg = idx[b, q]
+    return RoISamples(
+        boxes=rois,
+        batch_idx=b,
+        labels=labels[b, q],
+        matched_gt=mg,
+        regression_targets=box_coder.encode(gt.boxes[b, mg], rois, weights),
+    )

@@ -1,0 +1,258 @@
+"""Loading weights into the model: our checkpoints and torchvision's.
+
+Formats (`config.init.format`):
+- "native": our checkpoint, a dict with a "model" state dict, or a bare state dict;
+- "torchvision": a `maskrcnn_resnet50_fpn` state dict (e.g. torchvision's COCO weights, 91
+  outputs indexed by COCO category id: use num_classes=91 and data.category_ids_as_labels=True);
+- "torchvision_backbone": torchvision ResNet ImageNet classification weights, body only.
+
+Key mismatches and shape mismatches are errors that list the keys. The one tolerated mismatch
+is the number of classes: then the class-specific layers (box classifier, box regressor, mask
+logits) keep their random init and the skipped keys are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mrcnn.modeling.norm import BN_EPS, FrozenBatchNorm2d, fold_bn
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("native", "torchvision", "torchvision_backbone")
+
+# Our keys of layers whose shape depends on the number of classes.
+CLASS_SPECIFIC_PREFIXES = ("box_predictor.cls_score.", "box_predictor.bbox_pred.", "mask_predictor.logits.")
+
+# torchvision's released detection weights are meant for FrozenBatchNorm2d with eps=0
+# (torchvision calls overwrite_eps(model, 0.0) when it loads them); ImageNet classification
+# weights come from nn.BatchNorm2d with its default eps.
+TORCHVISION_DETECTION_BN_EPS = 0.0
+TORCHVISION_CLASSIFICATION_BN_EPS = 1e-5
+
+_BN_STATS = ("weight", "bias", "running_mean", "running_var")
+
+def _rename_body(key: str) -> str | None:
+    """A torchvision ResNet key (without prefix) -> ours, None for keys we do not keep."""
+    if key.endswith("num_batches_tracked") or key.startswith("fc."):
+        return None
+    if key == "conv1.weight":
+        return "stem.conv.weight"
+    m = re.fullmatch(r"bn1\.(\w+)", key)
+    if m:
+        return f"stem.norm.{m[1]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.conv(\d)\.weight", key)
+    if m:
+        return f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.bn(\d)\.(\w+)", key)
+    if m:
+        return f"res{int(m[1]) + 1}.{m[2]}.norm{m[3]}.{m[4]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.0\.weight", key)
+    if m:
+        return f"res{int(m[1]) + 1}.{m[2]}.shortcut.conv.weight"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.1\.(\w+)", key)
+    if m:
+        return f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"
+    raise KeyError(f"unrecognized torchvision ResNet key {key!r}")
+
+
+def _rename_detection(key: str) -> str | None:
+    """A torchvision maskrcnn_resnet50_fpn key -> ours (None: dropped)."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    if key.startswith("backbone.body."):
+        new = _rename_body(key[len("backbone.body.") :])
+        return None if new is None else "backbone.body." + new
+    rules = [
+        # FPN (both the current `.0.` layout and torchvision's pre-0.13 one)
+        (r"backbone\.fpn\.inner_blocks\.(\d+)(?:\.0)?\.(weight|bias)", r"backbone.fpn.lateral.\1.conv.\2"),
+        (r"backbone\.fpn\.layer_blocks\.(\d+)(?:\.0)?\.(weight|bias)", r"backbone.fpn.output.\1.conv.\2"),
+        (r"rpn\.head\.conv(?:\.0\.0)?\.(weight|bias)", r"rpn.conv.\1"),
+        (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn.cls_logits.\1"),
+        (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn.bbox_pred.\1"),
+        (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"box_head.fc.0.\1"),
+        (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"box_head.fc.1.\1"),
+        (r"roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)", r"box_predictor.\1.\2"),
+        (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"mask_head.convs.\1.conv.\2"),
+        (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"mask_predictor.deconv.\1"),
+        (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"mask_predictor.logits.\1"),
+    ]
+    for pattern, repl in rules:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, repl, key)
+    m = re.fullmatch(r"roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)", key)  # pre-0.13
+    if m:
+        return f"mask_head.convs.{int(m[1]) - 1}.conv.{m[2]}"
+    raise KeyError(
+        f"unrecognized torchvision Mask R-CNN key {key!r} (only maskrcnn_resnet50_fpn's layout "
+        "is supported; maskrcnn_resnet50_fpn_v2 has BN in the FPN and a conv box head)"
+    )
+
+
+def _fold_norms(sd: dict[str, Tensor], eps: float) -> dict[str, Tensor]:
+    """Replaces each (weight, bias, running_mean, running_var) group by FrozenBN's folded
+    (weight, bias)."""
+    out = dict(sd)
+    for key in [k for k in sd if k.endswith(".running_mean")]:
+        p = key[: -len("running_mean")]
+        w, b, rm, rv = (out.pop(p + s) for s in _BN_STATS)
+        out[p + "weight"], out[p + "bias"] = fold_bn(w.float(), b.float(), rm.float(), rv.float(), eps)
+    return out
+
+
+def convert_torchvision_state_dict(
+    sd: Mapping[str, Tensor], fold_bn_eps: float | None = TORCHVISION_DETECTION_BN_EPS
+) -> dict[str, Tensor]:
+    """torchvision `maskrcnn_resnet50_fpn` state dict -> ours (pure; inputs are not modified).
+
+    fold_bn_eps: the eps torchvision runs the frozen norms with (0 for its released COCO
+    weights, 1e-5 for a model built with weights=None); the BN statistics are folded into our
+    FrozenBN's affine with it. None keeps them as BatchNorm statistics (for norm=BN models).
+    """
+    out = {}
+    for k, v in sd.items():
+        new = _rename_detection(k)
+        if new is not None:
+            out[new] = v
+    return out if fold_bn_eps is None else _fold_norms(out, fold_bn_eps)
+
+
+def convert_torchvision_backbone(
+    sd: Mapping[str, Tensor], fold_bn_eps: float | None = TORCHVISION_CLASSIFICATION_BN_EPS
+) -> dict[str, Tensor]:
+    """torchvision ImageNet ResNet state dict -> our `backbone.body.*` keys (fc dropped).
+    With a C4 model, res5 also goes to `box_head.res5.*` (see `load_weights`)."""
+    out = {}
+    for k, v in sd.items():
+        new = _rename_body(k)
+        if new is not None:
+            out["backbone.body." + new] = v
+    return out if fold_bn_eps is None else _fold_norms(out, fold_bn_eps)
+
+
+def _unwrap(obj) -> dict[str, Tensor]:
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state dict (or a dict with 'model'), got {type(obj).__name__}")
+    # DistributedDataParallel / torch.compile wrappers prefix every key.
+    sd = dict(obj)
+    for prefix in ("module.", "_orig_mod."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def _fold_where_frozen(model: nn.Module, sd: dict[str, Tensor], eps: float) -> dict[str, Tensor]:
+    """Folds the BN statistics of the norms that are FrozenBN in `model`; BatchNorm targets keep
+    them; a GroupNorm target cannot take BatchNorm statistics (error)."""
+    modules = dict(model.named_modules())
+    out = dict(sd)
+    for key in [k for k in sd if k.endswith(".running_mean")]:
+        p = key[: -len("running_mean")]
+        target = modules.get(p[:-1])
+        if isinstance(target, FrozenBatchNorm2d):
+            w, b, rm, rv = (out.pop(p + s) for s in _BN_STATS)
+            out[p + "weight"], out[p + "bias"] = fold_bn(
+                w.float(), b.float(), rm.float(), rv.float(), eps
+            )
+        elif isinstance(target, nn.GroupNorm):
+            raise ValueError(
+                f"{p[:-1]} is a GroupNorm but the weights hold BatchNorm statistics; use "
+                "model.backbone.norm=FrozenBN or BN with these weights"
+            )
+    return out
+
+
+def load_state_dict_checked(
+    model: nn.Module,
+    sd: Mapping[str, Tensor],
+    strict_classes: bool = False,
+    only: str | tuple[str, ...] = "",
+) -> list[str]:
+    """Loads `sd` into `model`; returns the keys skipped for a different number of classes.
+
+    Every missing or unexpected key and every shape mismatch is an error listing them, except
+    (when not strict_classes) shape mismatches of the class-specific layers. only: key prefix(es);
+    model keys outside them may be missing (loading a part of the model, e.g. the body).
+    """
+    own = model.state_dict()
+    # BatchNorm's step counter is bookkeeping, not a weight: absent from converted weights.
+    missing = sorted(
+        k for k in own
+        if k.startswith(only) and k not in sd and not k.endswith("num_batches_tracked")
+    )
+    unexpected = sorted(k for k in sd if k not in own)
+    mismatched, skipped = [], []
+    for k, v in sd.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            if not strict_classes and k.startswith(CLASS_SPECIFIC_PREFIXES):
+                skipped.append(k)
+            else:
+                mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+    if problems:
+        raise ValueError("cannot load the weights:\n  " + "\n  ".join(problems))
+    load = {k: v for k, v in sd.items() if k not in skipped}
+    result = model.load_state_dict(load, strict=False)
+    leftover = [
+        k for k in result.missing_keys
+        if k.startswith(only) and k not in skipped and not k.endswith("num_batches_tracked")
+    ]
+    if leftover or result.unexpected_keys:
+        raise ValueError(f"cannot load: missing {leftover}, unexpected {result.unexpected_keys}")
+    if skipped:
+        log.warning(
+            "different number of classes: kept the random init of %d class-specific tensors: %s",
+            len(skipped),
+            skipped,
+        )
+    return skipped
+
+
+def load_weights(
+    model: nn.Module, path: str, fmt: str = "native", strict_classes: bool = False
+) -> list[str]:
+    """Loads the weights at `path` in format `fmt` into `model` (a MaskRCNN) in place.
+
+    Returns the class-specific keys that were skipped because the number of classes differs
+    (an error instead when strict_classes). The file is read with weights_only=True.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weights format {fmt!r}; expected one of {FORMATS}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    sd = _unwrap(obj)
+    if fmt == "native":
+        # A checkpoint of a BN model loads into a FrozenBN model with its statistics folded.
+        sd = _fold_where_frozen(model, sd, BN_EPS)
+        skipped = load_state_dict_checked(model, sd, strict_classes)
+    elif fmt == "torchvision":
+        sd = _fold_where_frozen(
+            model, convert_torchvision_state_dict(sd, None), TORCHVISION_DETECTION_BN_EPS
+        )
+        skipped = load_state_dict_checked(model, sd, strict_classes)
+    else:
+        sd = convert_torchvision_backbone(sd, None)
+        if getattr(model, "use_fpn", True) is False:
+            # C4: the classification net's res5 is the RoI head's res5.
+            sd = {
+                (("box_head." + k[len("backbone.body.") :]) if k.startswith("backbone.body.res5.") else k): v
+                for k, v in sd.items()
+            }
+        sd = _fold_where_frozen(model, sd, TORCHVISION_CLASSIFICATION_BN_EPS)
+        skipped = load_state_dict_checked(
+            model, sd, strict_classes=True, only=("backbone.body.", "box_head.res5.")
+        )
+    log.info("loaded %s weights from %s", fmt, path)
+    return skipped

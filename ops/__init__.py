@@ -1,0 +1,215 @@
+"""Detection operators with torchvision-compatible signatures, backed by the `ops._C` extension.
+
+`ops._C` (built by `launch/setup.sh` / `python setup.py build_ext --inplace`) registers the
+operators under `torch.ops.mrcnn.*` with CPU and, when built with CUDA, CUDA kernels. When it is
+missing, or a tensor lives on a device it has no kernel for, each function falls back to the
+pure-PyTorch reference in `ops.reference` (slow; warned once).
+
+Conventions: boxes are float xyxy in absolute pixels; index outputs are int64.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from ops import reference
+
+try:
+    from ops import _C  # noqa: F401  (loading the library registers torch.ops.mrcnn.*)
+
+    _LOAD_ERROR = ""
+except ImportError as exc:  # not built yet, or built against another torch
+    _C = None
+    _LOAD_ERROR = str(exc)
+
+if _C is not None:
+    from ops import _library  # noqa: F401  (fake kernels and autograd formulas)
+
+__all__ = [
+    "nms",
+    "batched_nms",
+    "roi_align",
+    "box_iou",
+    "paste_masks",
+    "polygons_to_masks",
+    "grid_anchors",
+    "decode_boxes",
+    "info",
+]
+
+_warned = False
+
+
+def _native(*tensors: Tensor) -> bool:
+    """Whether the compiled kernels can run on these tensors' device; warns once when not."""
+    global _warned
+    if _C is not None:
+        dev = tensors[0].device.type
+        if dev == "cpu" or (dev == "cuda" and _C.cuda):
+            return True
+    if not _warned:
+        _warned = True
+        why = _LOAD_ERROR or f"no kernels for device {tensors[0].device.type!r}"
+        warnings.warn(
+            f"ops: using the slow pure-PyTorch reference ({why}); build with launch/setup.sh",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS as torchvision.ops.nms.
+
+    boxes: float [N, 4] xyxy; scores: [N] same dtype. Drops boxes whose IoU with a higher-scored
+    kept box is > iou_threshold. Returns int64 [K] kept indices by decreasing score; equal scores
+    keep input order (stable sort), as torchvision.
+    """
+    if _native(boxes):
+        return torch.ops.mrcnn.nms(boxes, scores, float(iou_threshold))
+    return reference.nms(boxes, scores, iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS independently per category, as torchvision.ops.batched_nms.
+
+    boxes: float [N, 4] xyxy; scores: [N]; idxs: int64 [N] category of each box.
+    Returns int64 [K] kept indices sorted by decreasing score (ties in input order).
+    """
+    if _native(boxes):
+        return torch.ops.mrcnn.batched_nms(boxes, scores, idxs, float(iou_threshold))
+    return reference.batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU, as torchvision.ops.box_iou: [N, 4], [M, 4] xyxy -> [N, M]."""
+    if _native(boxes1):
+        return torch.ops.mrcnn.box_iou(boxes1, boxes2)
+    return reference.box_iou(boxes1, boxes2)
+
+
+def _rois_from(boxes: Tensor | list[Tensor], dtype: torch.dtype) -> Tensor:
+    # torchvision's convert_boxes_to_roi_format: prefix each image's boxes with its batch index.
+    if isinstance(boxes, Tensor):
+        torch._check(boxes.dim() == 2 and boxes.shape[1] == 5, lambda: "rois must be [K, 5]")
+        return boxes
+    torch._check(all(b.dim() == 2 and b.shape[1] == 4 for b in boxes), lambda: "boxes: [L, 4]")
+    cat = torch.cat(list(boxes), dim=0)
+    idx = torch.cat(
+        [torch.full_like(b[:, :1], i, dtype=cat.dtype) for i, b in enumerate(boxes)], dim=0
+    )
+    return torch.cat([idx, cat], dim=1)
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoIAlign, as torchvision.ops.roi_align (differentiable w.r.t. input).
+
+    input: float [N, C, H, W] (float32/float64; half/bfloat16 accumulate in float32).
+    boxes: [K, 5] (batch_index, x1, y1, x2, y2) or a list of per-image [L, 4] xyxy, in image
+    pixels; spatial_scale maps them to feature pixels. sampling_ratio <= 0: adaptive,
+    ceil(roi_size / output_size) samples per bin side. aligned=True: half-pixel shift
+    (Detectron2 ROIAlignV2). Returns [K, C, output_h, output_w].
+    """
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    rois = _rois_from(boxes, input.dtype)
+    if _native(input):
+        return torch.ops.mrcnn.roi_align(
+            input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)
+        )
+    return reference.roi_align(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+
+
+def paste_masks(
+    masks: Tensor,
+    boxes: Tensor,
+    image_h: int,
+    image_w: int,
+    threshold: float = 0.5,
+    padding: int = 1,
+) -> Tensor:
+    """Paste mask probabilities [K, M, M] into boxes [K, 4] xyxy of an image_h x image_w image.
+
+    Same pixels as torchvision's `paste_masks_in_image(masks, boxes, (h, w), padding) >
+    threshold`, computed in one pass (each output pixel samples its mask bilinearly).
+    Returns bool [K, image_h, image_w].
+    """
+    if masks.dim() == 4:  # accept torchvision's [K, 1, M, M]
+        masks = masks[:, 0]
+    if _native(masks):
+        return torch.ops.mrcnn.paste_masks(
+            masks, boxes, int(image_h), int(image_w), float(threshold), int(padding)
+        )
+    return reference.paste_masks(masks, boxes, image_h, image_w, threshold, padding)
+
+
+def polygons_to_masks(
+    coords: Tensor,
+    poly_offsets: Tensor,
+    roi_poly_offsets: Tensor,
+    rois: Tensor,
+    mask_size: int,
+) -> Tensor:
+    """Mask targets from polygons: float32 [R, mask_size, mask_size] of 0/1.
+
+    coords: float32 [2T] all polygons' x, y interleaved (image pixels); poly_offsets: int64
+    [P + 1], polygon p = coords[poly_offsets[p]:poly_offsets[p + 1]]; roi_poly_offsets: int64
+    [R + 1], RoI r owns polygons roi_poly_offsets[r]:roi_poly_offsets[r + 1]; rois: float32
+    [R, 4] xyxy. Each RoI's polygons are cropped to it, scaled to mask_size^2 and rasterised by
+    pixel-centre sampling (union of polygons, even-odd within one). See ops.reference.
+    """
+    if _native(rois):
+        return torch.ops.mrcnn.polygons_to_masks(
+            coords, poly_offsets, roi_poly_offsets, rois, int(mask_size)
+        )
+    return reference.polygons_to_masks(coords, poly_offsets, roi_poly_offsets, rois, mask_size)
+
+
+def grid_anchors(
+    base_anchors: Tensor, feat_h: int, feat_w: int, stride: int | tuple[int, int]
+) -> Tensor:
+    """All anchors of one level: [feat_h * feat_w * A, 4] in torchvision AnchorGenerator order.
+
+    base_anchors: float [A, 4] xyxy centred on the origin; stride: pixels per cell, int or
+    (stride_h, stride_w).
+    """
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    if _native(base_anchors):
+        return torch.ops.mrcnn.grid_anchors(base_anchors, int(feat_h), int(feat_w), int(sh), int(sw))
+    return reference.grid_anchors(base_anchors, feat_h, feat_w, (sh, sw))
+
+
+def decode_boxes(
+    deltas: Tensor,
+    boxes: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: float = math.log(1000.0 / 16),
+) -> Tensor:
+    """torchvision BoxCoder.decode_single: deltas [N, 4k] on boxes [N, 4] xyxy -> [N, 4k] xyxy."""
+    if _native(deltas):
+        return torch.ops.mrcnn.decode_boxes(
+            deltas, boxes, [float(w) for w in weights], float(clamp)
+        )
+    return reference.decode_boxes(deltas, boxes, weights, clamp)
+
+
+def info() -> dict:
+    """What was built: compiled, cuda, cuda_archs, torch_version (built against), threads."""
+    return {
+        "compiled": _C is not None,
+        "cuda": bool(_C is not None and _C.cuda),
+        "cuda_archs": [a for a in (_C.cuda_archs if _C is not None else "").split(";") if a],
+        "torch_version": _C.torch_version if _C is not None else None,
+        "threads": torch.get_num_threads(),
+        "load_error": _LOAD_ERROR or None,
+    }

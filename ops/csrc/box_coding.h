@@ -1,0 +1,83 @@
+// Element-wise anchor and box-decoding formulas shared by the CPU and CUDA kernels. Each step is
+// one torchvision tensor op, rounded to the tensor dtype, in torchvision's order.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include "common.h"
+
+namespace mrcnn {
+
+// Anchor i of the grid (cell-major, A anchors per cell): base[a] + (x*sw, y*sh, x*sw, y*sh).
+template <typename T>
+MRCNN_HD void grid_anchor(const T* base, T* out, int64_t i, int64_t feat_w, int64_t a_count,
+                          int64_t stride_h, int64_t stride_w) {
+  const int64_t a = i % a_count, cell = i / a_count;
+  const T sx = static_cast<T>((cell % feat_w) * stride_w);
+  const T sy = static_cast<T>((cell / feat_w) * stride_h);
+  out[4 * i + 0] = sx + base[4 * a + 0];
+  out[4 * i + 1] = sy + base[4 * a + 1];
+  out[4 * i + 2] = sx + base[4 * a + 2];
+  out[4 * i + 3] = sy + base[4 * a + 3];
+}
+
+template <typename T>
+struct DecodeParams {
+  T wx, wy, ww, wh, clamp;
+};
+
+// Python floats meet tensors as values of the tensor dtype: cast the weights and clamp once.
+template <typename T>
+inline DecodeParams<T> decode_params(at::ArrayRef<double> w, double clamp) {
+  return {static_cast<T>(w[0]), static_cast<T>(w[1]), static_cast<T>(w[2]), static_cast<T>(w[3]),
+          static_cast<T>(clamp)};
+}
+
+inline void check_decode_args(const at::Tensor& deltas, const at::Tensor& boxes,
+                              at::ArrayRef<double> weights) {
+  TORCH_CHECK(deltas.dim() == 2 && deltas.size(1) % 4 == 0, "deltas must be [N, 4k]");
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == deltas.size(0),
+              "boxes must be [N, 4] with N = deltas.size(0)");
+  TORCH_CHECK(weights.size() == 4, "weights must have 4 values");
+  TORCH_CHECK(at::isFloatingType(deltas.scalar_type()), "deltas must be floating point");
+}
+
+template <typename T>
+MRCNN_HD T exp_of(T v) {
+  using acc_t = at::opmath_type<T>;
+  return static_cast<T>(::exp(static_cast<acc_t>(v)));
+}
+
+// Decodes column group j of row r (i = r * per_row + j): deltas[r, 4j:4j+4] on boxes[r].
+template <typename T>
+MRCNN_HD void decode_one(const T* deltas, const T* boxes, T* out, int64_t i, int64_t per_row,
+                         const DecodeParams<T>& p) {
+  const int64_t r = i / per_row;
+  const T* b = boxes + 4 * r;
+  const T* d = deltas + 4 * i;
+  const T half = static_cast<T>(0.5);
+  const T widths = b[2] - b[0];
+  const T heights = b[3] - b[1];
+  const T ctr_x = b[0] + half * widths;
+  const T ctr_y = b[1] + half * heights;
+  const T dx = d[0] / p.wx;
+  const T dy = d[1] / p.wy;
+  T dw = d[2] / p.ww;
+  T dh = d[3] / p.wh;
+  // Without the clamp, exp() of a large predicted log-size overflows to inf.
+  dw = dw > p.clamp ? p.clamp : dw;
+  dh = dh > p.clamp ? p.clamp : dh;
+  const T pcx = dx * widths + ctr_x;
+  const T pcy = dy * heights + ctr_y;
+  const T pw = exp_of(dw) * widths;
+  const T ph = exp_of(dh) * heights;
+  const T cw = half * pw;
+  const T ch = half * ph;
+  out[4 * i + 0] = pcx - cw;
+  out[4 * i + 1] = pcy - ch;
+  out[4 * i + 2] = pcx + cw;
+  out[4 * i + 3] = pcy + ch;
+}
+
+}  // namespace mrcnn

@@ -1,0 +1,62 @@
+// CPU anchor grids and box decoding, element-wise kernels equal to torchvision's
+// AnchorGenerator.grid_anchors and BoxCoder.decode_single (same operations, same order).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../box_coding.h"
+
+namespace mrcnn {
+namespace {
+
+at::Tensor grid_anchors_cpu(const at::Tensor& base_anchors, int64_t feat_h, int64_t feat_w,
+                            int64_t stride_h, int64_t stride_w) {
+  TORCH_CHECK(base_anchors.dim() == 2 && base_anchors.size(1) == 4, "base_anchors must be [A, 4]");
+  TORCH_CHECK(feat_h >= 0 && feat_w >= 0, "negative feature size");
+  const int64_t a = base_anchors.size(0);
+  at::Tensor out = at::empty({feat_h * feat_w * a, 4}, base_anchors.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor base = base_anchors.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, base.scalar_type(),
+                                  "mrcnn_grid_anchors", [&] {
+    const scalar_t* bp = base.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, feat_h * feat_w * a, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) grid_anchor<scalar_t>(bp, op, i, feat_w, a, stride_h, stride_w);
+    });
+  });
+  return out;
+}
+
+at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
+                            at::ArrayRef<double> weights, double clamp) {
+  check_decode_args(deltas, boxes, weights);
+  at::Tensor out = at::empty_like(deltas, at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out;
+  const at::Tensor d = deltas.contiguous();
+  const at::Tensor b = boxes.to(deltas.scalar_type()).contiguous();
+  const int64_t n = d.size(0), per_row = d.size(1) / 4;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "mrcnn_decode", [&] {
+    const DecodeParams<scalar_t> prm = decode_params<scalar_t>(weights, clamp);
+    const scalar_t* dp = d.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n * per_row, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) decode_one<scalar_t>(dp, bp, op, i, per_row, prm);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mrcnn, CPU, m) {
+  m.impl("grid_anchors", &grid_anchors_cpu);
+  m.impl("decode_boxes", &decode_boxes_cpu);
+}
+
+}  // namespace mrcnn

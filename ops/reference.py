@@ -1,0 +1,407 @@
+"""Pure-PyTorch references of the `ops` operators.
+
+They are the test oracle for the C++/CUDA kernels and the fallback when `ops._C` is not built.
+Each function follows the arithmetic of its kernel (same operations, same order, same dtype) so
+that results agree bit for bit where the kernel is exact, not merely within a tolerance. They are
+written for clarity, not speed, though none is quadratic in Python-level loops.
+
+Conventions: boxes are xyxy in absolute pixels; RoIs for `roi_align` are [K, 5] rows
+(batch_index, x1, y1, x2, y2); index outputs are int64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "box_iou",
+    "nms",
+    "batched_nms",
+    "roi_align",
+    "paste_masks",
+    "polygons_to_masks",
+    "polygons_to_masks_pycocotools",
+    "grid_anchors",
+    "decode_boxes",
+]
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of every pair: boxes1 [N, 4], boxes2 [M, 4] xyxy -> [N, M] in the boxes' dtype.
+
+    Zero-area boxes give 0/0 = NaN against other zero-area boxes, exactly as torchvision.
+    """
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return inter / union
+
+
+def _iou_one_to_many(box: Tensor, area: Tensor, boxes: Tensor, areas: Tensor) -> Tensor:
+    # The same float operations, in the same order, as torchvision's CPU nms kernel.
+    xx1 = torch.maximum(box[0], boxes[:, 0])
+    yy1 = torch.maximum(box[1], boxes[:, 1])
+    xx2 = torch.minimum(box[2], boxes[:, 2])
+    yy2 = torch.minimum(box[3], boxes[:, 3])
+    w = (xx2 - xx1).clamp(min=0)
+    h = (yy2 - yy1).clamp(min=0)
+    inter = w * h
+    return inter / (area + areas - inter)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression.
+
+    boxes: [N, 4] xyxy float; scores: [N] same dtype. A box is dropped when its IoU with a kept,
+    higher-ranked box is > iou_threshold. Ranking is a stable descending sort by score, so equal
+    scores keep their input order (torchvision's tie-breaking).
+    Returns int64 [K] indices of the kept boxes in decreasing score order.
+    """
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True)[1]
+    b = boxes[order]
+    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    # `alive` positions (in sorted order) still candidates; each iteration keeps the first one and
+    # removes what it suppresses, so the Python loop runs once per kept box.
+    alive = torch.arange(b.shape[0], device=b.device)
+    keep = []
+    while alive.numel() > 0:
+        i = alive[0]
+        keep.append(i)
+        rest = alive[1:]
+        iou = _iou_one_to_many(b[i], areas[i], b[rest], areas[rest])
+        # NaN (0/0 between degenerate boxes) compares False: never suppresses, as in torchvision.
+        alive = rest[~(iou > iou_threshold)]
+    return order[torch.stack(keep)]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS applied independently per category `idxs` [N] (int64).
+
+    Returns int64 [K] kept indices sorted by decreasing score (stable: ties keep input order).
+    The IoU is computed on the original coordinates (no coordinate-offset trick), so results are
+    those of running `nms` once per category.
+    """
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+    for c in torch.unique(idxs):
+        where = torch.where(idxs == c)[0]
+        keep_mask[where[nms(boxes[where], scores[where], iou_threshold)]] = True
+    kept = torch.where(keep_mask)[0]
+    return kept[torch.sort(scores[kept], descending=True, stable=True)[1]]
+
+
+def _roi_sample_grid(
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_h: int,
+    pooled_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-RoI geometry as in the kernels: start, bin size, grid size (all [K])."""
+    offset = 0.5 if aligned else 0.0
+    start_w = rois[:, 1] * spatial_scale - offset
+    start_h = rois[:, 2] * spatial_scale - offset
+    end_w = rois[:, 3] * spatial_scale - offset
+    end_h = rois[:, 4] * spatial_scale - offset
+    roi_w = end_w - start_w
+    roi_h = end_h - start_h
+    if not aligned:
+        # Legacy (Detectron) behaviour: malformed RoIs are forced to 1x1.
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_h = roi_h / pooled_h
+    bin_w = roi_w / pooled_w
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.int64)
+        grid_w = torch.full_like(roi_w, sampling_ratio, dtype=torch.int64)
+    else:
+        grid_h = torch.ceil(roi_h / pooled_h).to(torch.int64)
+        grid_w = torch.ceil(roi_w / pooled_w).to(torch.int64)
+    return start_h, start_w, bin_h, bin_w, grid_h, grid_w, rois[:, 0].to(torch.int64)
+
+
+def _bilinear_coords(v: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Low/high indices and weights of sample positions `v` along an axis of length `size`.
+
+    Returns (low, high, w_low, w_high, valid): samples outside [-1, size] contribute nothing.
+    """
+    valid = (v >= -1.0) & (v <= size)
+    v = v.clamp(min=0)
+    low = v.to(torch.int64)
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, size - 1, low)
+    high = torch.where(at_edge, size - 1, low + 1)
+    v = torch.where(at_edge, low.to(v.dtype), v)
+    lw = v - low
+    return low, high, 1.0 - lw, lw, valid
+
+
+def roi_align(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_h: int,
+    pooled_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """RoIAlign (Mask R-CNN), differentiable through autograd.
+
+    input: [N, C, H, W] float; rois: [K, 5] (batch_index, x1, y1, x2, y2) in input-image pixels,
+    scaled by `spatial_scale` to feature pixels. Each of the pooled_h x pooled_w bins averages a
+    grid of bilinear samples (sampling_ratio per side, or ceil(roi_size / pooled) when <= 0).
+    aligned=True shifts by half a pixel (Detectron2 "ROIAlignV2"). Returns [K, C, pooled_h, pooled_w].
+    """
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    out = input.new_zeros((k, c, pooled_h, pooled_w))
+    if k == 0 or out.numel() == 0:
+        return out + 0 * input.sum()  # keep the autograd graph connected
+    start_h, start_w, bin_h, bin_w, grid_h, grid_w, batch = _roi_sample_grid(
+        rois.to(input.dtype), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+    )
+    flat = input.reshape(n, c, h * w)
+    # RoIs are grouped by grid size so that each group is one vectorised gather.
+    groups = torch.stack([grid_h, grid_w], 1)
+    results = []
+    for gh, gw in torch.unique(groups, dim=0).tolist():
+        sel = torch.where((grid_h == gh) & (grid_w == gw))[0]
+        if gh <= 0 or gw <= 0:
+            results.append((sel, input.new_zeros((sel.numel(), c, pooled_h, pooled_w))))
+            continue
+        iy = torch.arange(gh, device=input.device, dtype=input.dtype)
+        ix = torch.arange(gw, device=input.device, dtype=input.dtype)
+        ph = torch.arange(pooled_h, device=input.device, dtype=input.dtype)
+        pw = torch.arange(pooled_w, device=input.device, dtype=input.dtype)
+        bh, bw = bin_h[sel], bin_w[sel]
+        # [k, PH, IY] and [k, PW, IX]: same expression order as the C++ kernel.
+        ys = start_h[sel, None, None] + ph[None, :, None] * bh[:, None, None] + (
+            (iy[None, None, :] + 0.5) * bh[:, None, None]
+        ) / gh
+        xs = start_w[sel, None, None] + pw[None, :, None] * bw[:, None, None] + (
+            (ix[None, None, :] + 0.5) * bw[:, None, None]
+        ) / gw
+        y0, y1, wy0, wy1, vy = _bilinear_coords(ys, h)
+        x0, x1, wx0, wx1, vx = _bilinear_coords(xs, w)
+        feat = flat[batch[sel]]  # [k, C, H*W]
+
+        def gather(yi: Tensor, xi: Tensor) -> Tensor:
+            idx = (yi[:, :, None, :, None] * w + xi[:, None, :, None, :]).reshape(len(sel), 1, -1)
+            g = torch.gather(feat, 2, idx.expand(-1, c, -1))
+            return g.reshape(len(sel), c, pooled_h, pooled_w, gh, gw)
+
+        def outer(a: Tensor, b: Tensor) -> Tensor:
+            return (a[:, :, None, :, None] * b[:, None, :, None, :])[:, None]
+
+        valid = outer(vy.to(input.dtype), vx.to(input.dtype))
+        val = (
+            outer(wy0, wx0) * gather(y0, x0)
+            + outer(wy0, wx1) * gather(y0, x1)
+            + outer(wy1, wx0) * gather(y1, x0)
+            + outer(wy1, wx1) * gather(y1, x1)
+        ) * valid
+        results.append((sel, val.sum((-1, -2)) / (gh * gw)))
+    out = torch.zeros_like(out)
+    for sel, val in results:
+        out = out.index_copy(0, sel, val)
+    return out
+
+
+def _expand_box_for_paste(boxes: Tensor, scale: float) -> Tensor:
+    # torchvision's expand_boxes, then truncation toward zero (Tensor.to(int64)).
+    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
+    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5
+    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    w_half = w_half * scale
+    h_half = h_half * scale
+    out = torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], 1)
+    return out.to(torch.int64)
+
+
+def paste_masks(
+    masks: Tensor,
+    boxes: Tensor,
+    image_h: int,
+    image_w: int,
+    threshold: float = 0.5,
+    padding: int = 1,
+) -> Tensor:
+    """Paste per-box mask probabilities into the image and binarise them.
+
+    masks: float [K, M, M] (probabilities in the box); boxes: float [K, 4] xyxy image pixels.
+    Exactly torchvision's `paste_masks_in_image` (pad the mask by `padding`, grow the box by the
+    same ratio, truncate it to integers, bilinearly resize the mask to the box, paste) followed by
+    `> threshold`. Returns bool [K, image_h, image_w].
+    """
+    k = masks.shape[0]
+    out = torch.zeros((k, image_h, image_w), dtype=torch.bool, device=masks.device)
+    if k == 0:
+        return out
+    m = masks.shape[-1]
+    scale = float(m + 2 * padding) / m
+    padded = F.pad(masks, (padding,) * 4)
+    ib = _expand_box_for_paste(boxes, scale).tolist()
+    for i, (x0, y0, x1, y1) in enumerate(ib):
+        w = max(x1 - x0 + 1, 1)
+        h = max(y1 - y0 + 1, 1)
+        res = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)
+        res = res[0, 0]
+        ya, yb = max(y0, 0), min(y1 + 1, image_h)
+        xa, xb = max(x0, 0), min(x1 + 1, image_w)
+        if ya >= yb or xa >= xb:
+            continue  # box outside the image (torchvision would fail on negative slice ends here)
+        out[i, ya:yb, xa:xb] = res[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
+    return out
+
+
+def _crop_scale_polygons(
+    coords: Tensor, poly_offsets: Tensor, roi_poly_offsets: Tensor, rois: Tensor, mask_size: int
+) -> list[list[Tensor]]:
+    """Per RoI, its polygons moved to the RoI corner and scaled to mask_size (float32 tensors)."""
+    out = []
+    for r in range(rois.shape[0]):
+        x1, y1, x2, y2 = rois[r].tolist()
+        # Width/height floored at one pixel, like maskrcnn-benchmark and NVIDIA's CUDA kernel.
+        rw = torch.tensor(max(x2 - x1, 1.0), dtype=torch.float32)
+        rh = torch.tensor(max(y2 - y1, 1.0), dtype=torch.float32)
+        sx = torch.tensor(float(mask_size), dtype=torch.float32) / rw
+        sy = torch.tensor(float(mask_size), dtype=torch.float32) / rh
+        polys = []
+        for p in range(int(roi_poly_offsets[r]), int(roi_poly_offsets[r + 1])):
+            a, b = int(poly_offsets[p]), int(poly_offsets[p + 1])
+            xy = coords[a:b].to(torch.float32).reshape(-1, 2).clone()
+            xy[:, 0] = (xy[:, 0] - rois[r, 0].float()) * sx
+            xy[:, 1] = (xy[:, 1] - rois[r, 1].float()) * sy
+            polys.append(xy)
+        out.append(polys)
+    return out
+
+
+def polygons_to_masks(
+    coords: Tensor, poly_offsets: Tensor, roi_poly_offsets: Tensor, rois: Tensor, mask_size: int
+) -> Tensor:
+    """Mask R-CNN mask targets: rasterise each RoI's instance polygons into a mask_size^2 grid.
+
+    coords: float32 [2 * total_points], every polygon's x, y interleaved, image pixels.
+    poly_offsets: int64 [P + 1]; polygon p is coords[poly_offsets[p]:poly_offsets[p + 1]].
+    roi_poly_offsets: int64 [R + 1]; RoI r owns polygons roi_poly_offsets[r]:roi_poly_offsets[r+1].
+    rois: float32 [R, 4] xyxy image pixels.
+    The polygons are cropped to the RoI (shifted to its corner), scaled so the RoI spans
+    mask_size x mask_size, and a pixel is set when its centre lies inside any of them (even-odd
+    rule per polygon, union over polygons). Polygons with fewer than 3 points are empty.
+    Returns float32 [R, mask_size, mask_size] of 0/1.
+    """
+    r_count = rois.shape[0]
+    out = torch.zeros((r_count, mask_size, mask_size), dtype=torch.float32, device=rois.device)
+    centres = torch.arange(mask_size, dtype=torch.float64, device=rois.device) + 0.5
+    for r, polys in enumerate(_crop_scale_polygons(
+        coords.cpu(), poly_offsets.cpu(), roi_poly_offsets.cpu(), rois.cpu(), mask_size
+    )):
+        for xy in polys:
+            if xy.shape[0] < 3:
+                continue
+            xy = xy.to(torch.float64).to(rois.device)
+            xa, ya = xy[:, 0], xy[:, 1]
+            xb, yb = torch.roll(xa, -1), torch.roll(ya, -1)
+            # Edge e crosses the row through centre y when exactly one endpoint is above it.
+            py = centres[:, None]
+            crosses = (ya[None, :] > py) != (yb[None, :] > py)  # [M, E]
+            dy = torch.where(crosses, yb - ya, torch.ones_like(ya))
+            xi = xa + (py - ya) * (xb - xa) / dy  # [M, E] crossing abscissa
+            # A centre is inside when an odd number of crossings lie to its right.
+            right = crosses[:, None, :] & (xi[:, None, :] > centres[None, :, None])  # [M, M, E]
+            inside = (right.sum(-1) % 2) == 1
+            out[r] = torch.maximum(out[r], inside.to(torch.float32))
+    return out
+
+
+def polygons_to_masks_pycocotools(
+    coords: Tensor, poly_offsets: Tensor, roi_poly_offsets: Tensor, rois: Tensor, mask_size: int
+) -> Tensor:
+    """The seed's mask targets: the cropped, scaled polygons rasterised by pycocotools.
+
+    Same inputs and output as `polygons_to_masks`; this is what maskrcnn-benchmark's
+    `SegmentationMask.crop(box).resize((M, M)).get_mask_tensor()` computes (frPyObjects, merge,
+    decode). pycocotools scan-converts at 5x resolution, so it differs from pixel-centre sampling
+    on some boundary pixels. CPU only (returns a tensor on rois.device).
+    """
+    from pycocotools import mask as mask_utils
+
+    out = torch.zeros((rois.shape[0], mask_size, mask_size), dtype=torch.float32)
+    for r, polys in enumerate(_crop_scale_polygons(
+        coords.cpu(), poly_offsets.cpu(), roi_poly_offsets.cpu(), rois.cpu(), mask_size
+    )):
+        valid = [p.reshape(-1).double().tolist() for p in polys if p.shape[0] >= 3]
+        if not valid:
+            continue
+        rles = mask_utils.frPyObjects(valid, mask_size, mask_size)
+        m = mask_utils.decode(mask_utils.merge(rles))
+        out[r] = torch.from_numpy(m).to(torch.float32)
+    return out.to(rois.device)
+
+
+def grid_anchors(
+    base_anchors: Tensor, feat_h: int, feat_w: int, stride: int | tuple[int, int]
+) -> Tensor:
+    """Anchors of one feature level: base_anchors [A, 4] shifted to every cell.
+
+    Cell (y, x) shifts by (x * stride_w, y * stride_h). Returns [feat_h * feat_w * A, 4] ordered
+    cell-major (row by row), anchors of a cell consecutive: torchvision's AnchorGenerator order.
+    """
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    dev = base_anchors.device
+    shifts_x = torch.arange(0, feat_w, dtype=torch.int32, device=dev) * sw
+    shifts_y = torch.arange(0, feat_h, dtype=torch.int32, device=dev) * sh
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shift_x = shift_x.reshape(-1)
+    shift_y = shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return (shifts.view(-1, 1, 4) + base_anchors.view(1, -1, 4)).reshape(-1, 4)
+
+
+def decode_boxes(
+    deltas: Tensor,
+    boxes: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: float = math.log(1000.0 / 16),
+) -> Tensor:
+    """Apply regression deltas [N, 4k] (dx, dy, dw, dh per class) to boxes [N, 4] xyxy.
+
+    torchvision's BoxCoder.decode_single: centre/size parametrisation, deltas divided by weights
+    (wx, wy, ww, wh), dw/dh clamped at `clamp` so exp() cannot overflow. Returns [N, 4k] xyxy.
+    """
+    boxes = boxes.to(deltas.dtype)
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx = deltas[:, 0::4] / wx
+    dy = deltas[:, 1::4] / wy
+    dw = (deltas[:, 2::4] / ww).clamp(max=clamp)
+    dh = (deltas[:, 3::4] / wh).clamp(max=clamp)
+    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+    pred_w = torch.exp(dw) * widths[:, None]
+    pred_h = torch.exp(dh) * heights[:, None]
+    # Half extents via the same tensor ops as torchvision so results match bit for bit.
+    c_to_c_h = torch.tensor(0.5, dtype=pred_ctr_y.dtype, device=pred_h.device) * pred_h
+    c_to_c_w = torch.tensor(0.5, dtype=pred_ctr_x.dtype, device=pred_w.device) * pred_w
+    x1 = pred_ctr_x - c_to_c_w
+    y1 = pred_ctr_y - c_to_c_h
+    x2 = pred_ctr_x + c_to_c_w
+    y2 = pred_ctr_y + c_to_c_h
+    return torch.stack((x1, y1, x2, y2), dim=2).flatten(1)

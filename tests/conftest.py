@@ -1,0 +1,9 @@
+"""Test set-up shared by the whole suite: import from the repository root, two CPU threads."""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+torch.set_num_threads(2)
