@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Downloads, verifies and extracts COCO 2014 and 2017 (images + instance annotations) into the
-# layout mrcnn/data/catalog.py reads:
+# layout mrcnn/data/catalog.py reads under the data root (`data.root` / $MRCNN_DATA):
 #
-#   DIR/coco/annotations/instances_{train,val}{2014,2017}.json
-#   DIR/coco/{train2014,val2014,train2017,val2017}/*.jpg
+#   ROOT/coco/annotations/instances_{train,val}{2014,2017}.json
+#   ROOT/coco/{train2014,val2014,train2017,val2017}/*.jpg
 #
 # Usage: bash launch/download_coco.sh [--only 2014|2017] [--delete-zips] [DIR]
-#   DIR            the data root (default: $MRCNN_DATA, else ./datasets); train with the same root
-#                  (MRCNN_DATA=DIR or --config.data.root=DIR).
+#   DIR            the COCO folder, ROOT/coco (default: $MRCNN_DATA/coco, else datasets/coco);
+#                  train with MRCNN_DATA=ROOT or --config.data.root=ROOT.
 #   --only YEAR    fetch one release (2017 alone also serves coco_2014_minival = val2017).
 #   --delete-zips  remove each archive once it is extracted (saves ~26 GB).
 # Environment:
@@ -17,7 +17,7 @@
 #   MRCNN_COCO_MD5  a file of "md5  name.zip" lines replacing the built-in table (tests);
 #                   an md5 of "-" means "no checksum known": the archive is checked with unzip -t.
 #
-# Idempotent: an archive already extracted (DIR/coco/.done/<name>.zip holds its md5) is skipped
+# Idempotent: an archive already extracted (DIR/.done/<name>.zip holds its md5) is skipped
 # without downloading; a downloaded archive whose checksum matches is not fetched again; a
 # partial download resumes. A checksum mismatch deletes the archive and fails loudly.
 # About 45 GB of downloads for both releases (2014: 13 + 6.2 + 0.24 GB; 2017: 18 + 0.8 + 0.24).
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$ONLY" in ""|2014|2017) ;; *) echo "download_coco.sh: --only takes 2014 or 2017" >&2; exit 2 ;; esac
-DIR="${DIR:-${MRCNN_DATA:-datasets}}"
+DIR="${DIR:-${MRCNN_DATA:-datasets}/coco}"
 BASE="${MRCNN_COCO_URL:-http://images.cocodataset.org}"
 BASE="${BASE%/}"
 
@@ -68,7 +68,7 @@ expected_md5() {  # name -> md5, "-" or empty
   printf '%s\n' "$MD5_TABLE" | awk -v n="$1" '$2 == n { print $1; exit }'
 }
 
-COCO="$DIR/coco"
+COCO="${DIR%/}"
 DL="$COCO/downloads"
 DONE="$COCO/.done"
 mkdir -p "$DL" "$DONE"
@@ -169,4 +169,8 @@ for year in 2014 2017; do
     [ -e "$COCO/$f" ] || { echo "download_coco.sh: expected $COCO/$f after extraction" >&2; exit 1; }
   done
 done
-echo "[coco] ready in $COCO (train with MRCNN_DATA=$DIR or --config.data.root=$DIR)"
+ROOT_HINT="$(dirname "$COCO")"
+if [ "$(basename "$COCO")" != coco ]; then
+  echo "[coco] note: the catalog looks for DATA_ROOT/coco; link or move $COCO there" >&2
+fi
+echo "[coco] ready in $COCO (train with MRCNN_DATA=$ROOT_HINT or --config.data.root=$ROOT_HINT)"

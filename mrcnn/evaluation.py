@@ -4,7 +4,8 @@
 used both by `--mode=eval` (`evaluate_checkpoint`) and by training's periodic evaluation.
 Files written into an output directory (all atomically: a temporary file, then a rename):
 `bbox.json` and `segm.json` (the COCO results format that pycocotools' `loadRes` reads) and
-`metrics.json` (the dict `evaluate` returns).
+`metrics.json` (the dict `evaluate` returns). For TensorBoard, rank 0's result also carries a few
+drawn predictions under "_vis" (see `evaluate`).
 """
 
 from __future__ import annotations
@@ -146,8 +147,9 @@ def _run_cocoeval(
     table = io.StringIO()
     with contextlib.redirect_stdout(table):
         ev.summarize()
-    log.info("COCO %s evaluation (%d detections):\n%s", iou_type, len(results),
-             table.getvalue().rstrip())
+    log.info(
+        "COCO %s evaluation (%d detections):\n%s", iou_type, len(results), table.getvalue().rstrip()
+    )
     return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats[:6])}
 
 
@@ -269,7 +271,8 @@ def evaluate(
     `output_dir` is given, writes bbox.json, segm.json and metrics.json there. All ranks return
     the same metrics: {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}}
     ("segm" only when `model.mask_on`).
-    num_vis: rank 0 also returns that many drawn predictions (default `eval.vis_images`) as
+    num_vis: rank 0 also returns that many drawn predictions (default `eval.vis_images`; the
+      first images of its shard, detections scoring >= `predict.score_thresh`) as
       metrics["_vis"], a list of uint8 [3, H, W] tensors for TensorBoard; pop it before
       serializing. Other ranks never have "_vis".
     The model's train/eval mode is restored on return.
@@ -290,7 +293,12 @@ def evaluate(
     bbox, segm, seen, vis_items = [], [], [], []
     try:
         for info, det in run_inference(
-            model, loader, device, config.dtype, log_period=config.log_period, stats=stats,
+            model,
+            loader,
+            device,
+            config.dtype,
+            log_period=config.log_period,
+            stats=stats,
             channels_last=bool(config.perf.channels_last),
         ):
             b, s = detections_to_coco(info, det, to_cat)
@@ -320,8 +328,9 @@ def evaluate(
     metrics = result["metrics"]
     if rank == 0 and vis_items:
         metrics = dict(metrics)
-        metrics["_vis"] = _draw_vis(dataset, vis_items, label_names(config, meta),
-                                    config.predict.score_thresh)
+        metrics["_vis"] = _draw_vis(
+            dataset, vis_items, label_names(config, meta), config.predict.score_thresh
+        )
     return metrics
 
 
@@ -338,8 +347,13 @@ def _evaluate_gathered(gathered, dataset, config, mask_on: bool, output_dir: str
         log.warning("evaluation: %s", warning)
     images = sum(g[4] for g in gathered)
     seconds = max(g[5] for g in gathered)
-    log.info("evaluation: %d images on %d rank(s), %d detections, %.2f images/s (after warm-up)",
-             len(seen), len(gathered), len(bbox), images / seconds if seconds > 0 else 0.0)
+    log.info(
+        "evaluation: %d images on %d rank(s), %d detections, %.2f images/s (after warm-up)",
+        len(seen),
+        len(gathered),
+        len(bbox),
+        images / seconds if seconds > 0 else 0.0,
+    )
     if output_dir:
         write_json_atomic(os.path.join(output_dir, "bbox.json"), bbox)
         if mask_on:
@@ -358,8 +372,11 @@ def evaluate_checkpoint(
     model = build_inference_model(config, workdir, device)
     metrics = evaluate(model, config, device, output_dir=workdir, num_vis=0)
     if dist.is_main():
-        log.info("%s", "  ".join(
-            f"{task} AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AP75 {m['AP75']:.4f}"
-            for task, m in metrics.items()
-        ))
+        log.info(
+            "%s",
+            "  ".join(
+                f"{task} AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AP75 {m['AP75']:.4f}"
+                for task, m in metrics.items()
+            ),
+        )
     return metrics

@@ -92,8 +92,12 @@ def list_inputs(spec: str) -> InputFiles:
     out = InputFiles([])
     for path in candidates:
         if not _inside(path, root_real):
-            log.warning("predict: refusing %s: it resolves to %s, outside %s",
-                        path, os.path.realpath(path), root_real)
+            log.warning(
+                "predict: refusing %s: it resolves to %s, outside %s",
+                path,
+                os.path.realpath(path),
+                root_real,
+            )
             out.refused.append(path)
         elif os.path.isdir(path):
             continue  # folders are not followed
@@ -150,8 +154,12 @@ def _collate(items, size_divisibility: int):
         return None, {}, bad
     images = collate_images([it[3] for it in good], size_divisibility)
     infos = [
-        ImageInfo(image_id=it[0], file_name=it[1], orig_size=tuple(it[2].shape[-2:]),
-                  size=tuple(it[3].shape[-2:]))
+        ImageInfo(
+            image_id=it[0],
+            file_name=it[1],
+            orig_size=tuple(it[2].shape[-2:]),
+            size=tuple(it[3].shape[-2:]),
+        )
         for it in good
     ]
     return Batch(images, infos), {it[0]: it[2] for it in good}, bad
@@ -163,15 +171,24 @@ def prediction_records(
     """predictions.json records of one image's detections scoring >= score_thresh, and those
     detections (original pixels, masks uint8 [K, H, W] or None)."""
     keep = det.scores >= score_thresh
-    det = Detections(det.boxes[keep], det.scores[keep], det.labels[keep],
-                     None if det.masks is None else det.masks[keep])
+    det = Detections(
+        det.boxes[keep],
+        det.scores[keep],
+        det.labels[keep],
+        None if det.masks is None else det.masks[keep],
+    )
     boxes = det.boxes.float()
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
     rles = encode_masks(det.masks) if det.masks is not None else [None] * len(det)
     records = []
     for b, s, lab, rle in zip(xywh, det.scores.tolist(), det.labels.tolist(), rles):
-        r = {"file_name": info.file_name, "image_id": int(info.image_id),
-             "category_id": int(label_to_category_id(int(lab))), "bbox": b, "score": s}
+        r = {
+            "file_name": info.file_name,
+            "image_id": int(info.image_id),
+            "category_id": int(label_to_category_id(int(lab))),
+            "bbox": b,
+            "score": s,
+        }
         if rle is not None:
             r["segmentation"] = rle
         records.append(r)
@@ -204,8 +221,11 @@ def predict(
     rank, world_size = dist.rank(), dist.world_size()
     inputs = list_inputs(config.predict.input)
     if inputs.ignored:
-        log.info("predict: ignoring %d files without an image extension: %s",
-                 len(inputs.ignored), ", ".join(inputs.ignored[:20]))
+        log.info(
+            "predict: ignoring %d files without an image extension: %s",
+            len(inputs.ignored),
+            ", ".join(inputs.ignored[:20]),
+        )
     n = len(inputs.paths)
     lo, hi = rank * n // world_size, (rank + 1) * n // world_size
     model = build_inference_model(config, workdir, device)
@@ -216,17 +236,20 @@ def predict(
     png_dir = os.path.join(workdir, "predictions")
     if config.predict.draw:
         os.makedirs(png_dir, exist_ok=True)
-    log.info("predict: %d images from %s (%d on this rank), score >= %.2f", n,
-             config.predict.input, hi - lo, config.predict.score_thresh)
+    log.info(
+        "predict: %d images from %s (%d on this rank), score >= %.2f",
+        n,
+        config.predict.input,
+        hi - lo,
+        config.predict.score_thresh,
+    )
 
     loader = DataLoader(
         _ImageFiles(inputs.paths[lo:hi], lo, config.input),
         batch_size=config.test.ims_per_batch,
         shuffle=False,
         num_workers=config.data.num_workers,
-        collate_fn=functools.partial(
-            _collate, size_divisibility=config.input.size_divisibility
-        ),
+        collate_fn=functools.partial(_collate, size_divisibility=config.input.size_divisibility),
         pin_memory=device.type == "cuda",
     )
     originals: dict[int, torch.Tensor] = {}
@@ -245,8 +268,14 @@ def predict(
     stats = InferenceStats()
     records: list[dict[str, Any]] = []
     done, log_every = 0, max(1, config.log_period) * config.test.ims_per_batch
-    for info, det in run_inference(model, batches(), device, config.dtype, stats=stats,
-                                   channels_last=bool(config.perf.channels_last)):
+    for info, det in run_inference(
+        model,
+        batches(),
+        device,
+        config.dtype,
+        stats=stats,
+        channels_last=bool(config.perf.channels_last),
+    ):
         recs, kept = prediction_records(info, det, to_cat, config.predict.score_thresh)
         records.extend(recs)
         original = originals.pop(info.image_id)
@@ -255,20 +284,28 @@ def predict(
             _save_png(drawn, os.path.join(png_dir, png_names[info.image_id]))
         done += 1
         if done % log_every == 0:
-            log.info("predict: %d/%d images, %.2f images/s", done, hi - lo, stats.images_per_s)
+            speed = f"{stats.images_per_s:.2f} images/s" if stats.seconds else "warming up"
+            log.info("predict: %d/%d images, %s", done, hi - lo, speed)
 
     gathered = dist.all_gather_object((records, skipped, done))
-    all_records = sorted((r for g in gathered for r in g[0]),
-                         key=lambda r: (r["image_id"], -r["score"]))
+    all_records = sorted(
+        (r for g in gathered for r in g[0]), key=lambda r: (r["image_id"], -r["score"])
+    )
     all_skipped = [s for g in gathered for s in g[1]]
     total = sum(g[2] for g in gathered)
     out_path = os.path.join(workdir, "predictions.json")
     if rank == 0:
         write_json_atomic(out_path, all_records)
-        log.info("predict: %d images, %d detections -> %s%s; %.2f images/s; %d skipped%s", total,
-                 len(all_records), out_path, f" and {png_dir}/" if config.predict.draw else "",
-                 stats.images_per_s, len(all_skipped),
-                 (": " + ", ".join(p for p, _ in all_skipped)) if all_skipped else "")
+        log.info(
+            "predict: %d images, %d detections -> %s%s; %.2f images/s; %d skipped%s",
+            total,
+            len(all_records),
+            out_path,
+            f" and {png_dir}/" if config.predict.draw else "",
+            stats.images_per_s,
+            len(all_skipped),
+            (": " + ", ".join(p for p, _ in all_skipped[:20])) if all_skipped else "",
+        )
     return {
         "images": total,
         "detections": len(all_records),

@@ -69,7 +69,7 @@ def test_download_extracts_into_catalog_layout_and_is_idempotent(tmp_path, url_s
     env = {"MRCNN_COCO_URL": ("file://" + base) if url_style == "file" else base,
            "MRCNN_COCO_MD5": _table(tmp_path, paths)}
     dest = tmp_path / "data"
-    r = _run(dest, env, "--only", "2017")
+    r = _run(dest / "coco", env, "--only", "2017")
     assert r.returncode == 0, r.stderr
     coco = dest / "coco"
     assert (coco / "train2017" / "a.jpg").read_bytes() == b"train-image"
@@ -86,7 +86,7 @@ def test_download_extracts_into_catalog_layout_and_is_idempotent(tmp_path, url_s
     # Second run: nothing fetched (the mirror is gone), everything skipped.
     for p in paths.values():
         os.remove(p)
-    r = _run(dest, env, "--only", "2017")
+    r = _run(coco, env, "--only", "2017")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("already extracted") == 3
 
@@ -99,8 +99,8 @@ def test_bad_checksum_fails_loudly_and_removes_the_archive(tmp_path):
     r = _run(dest, env, "--only", "2017")
     assert r.returncode != 0
     assert "CHECKSUM MISMATCH for val2017.zip" in r.stderr
-    assert not (dest / "coco" / "downloads" / "val2017.zip").exists()
-    assert not (dest / "coco" / "val2017").exists()
+    assert not (dest / "downloads" / "val2017.zip").exists()
+    assert not (dest / "val2017").exists()
 
 
 def test_corrupted_archive_fails_its_checksum(tmp_path):
@@ -124,7 +124,7 @@ def test_without_a_known_md5_the_zip_is_tested_with_unzip(tmp_path):
     r = _run(tmp_path / "good", env, "--only", "2014")
     assert r.returncode == 0, r.stderr
     assert "unzip -t" in r.stdout
-    assert (tmp_path / "good" / "coco" / "train2014" / "a.jpg").is_file()
+    assert (tmp_path / "good" / "train2014" / "a.jpg").is_file()
 
     p = paths["val2014.zip"]
     open(p, "wb").write(open(p, "rb").read()[:-30])  # truncated: the central directory is gone
@@ -150,3 +150,16 @@ def test_rejects_unknown_options(tmp_path):
     r = _run(tmp_path, {}, "--only", "2019")
     assert r.returncode == 2
     assert "--only takes 2014 or 2017" in r.stderr
+
+
+def test_default_destination_is_the_data_root_coco_folder(tmp_path):
+    paths = _fake_mirror(tmp_path, "2017")
+    env = dict(os.environ, MRCNN_COCO_URL=str(tmp_path / "mirror"),
+               MRCNN_COCO_MD5=_table(tmp_path, paths), MRCNN_DATA=str(tmp_path / "root"))
+    r = subprocess.run(["bash", SCRIPT, "--only=2017", "--delete-zips"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    coco = tmp_path / "root" / "coco"
+    assert (coco / "val2017" / "b.jpg").is_file()
+    assert not (coco / "downloads" / "val2017.zip").exists()  # --delete-zips
+    assert f"MRCNN_DATA={tmp_path / 'root'}" in r.stdout

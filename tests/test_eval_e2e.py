@@ -20,8 +20,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _main(args, env, timeout=300):
-    r = subprocess.run([sys.executable, "main.py", "--config=configs/shapes.py:runlocal", *args],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/shapes.py:runlocal", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return r.stdout + r.stderr
 
@@ -35,9 +41,12 @@ def test_eval_and_predict_from_the_command_line(tmp_path, monkeypatch):
     weights = tmp_path / "random.pth"
     torch.save({"model": build_model(config.model).state_dict()}, weights)
     env = dict(os.environ, MRCNN_DATA=str(data_root), CUDA_VISIBLE_DEVICES="")
-    common = [f"--config.init.weights={weights}", "--config.device=cpu",
-              # A random model scores low: keep everything so that the whole path is exercised.
-              "--config.model.roi_heads.score_thresh=0.0"]
+    common = [
+        f"--config.init.weights={weights}",
+        "--config.device=cpu",
+        # A random model scores low: keep everything so that the whole path is exercised.
+        "--config.model.roi_heads.score_thresh=0.0",
+    ]
 
     run = tmp_path / "eval"
     out = _main(["--mode=eval", f"--workdir={run}", *common], env)
@@ -54,8 +63,16 @@ def test_eval_and_predict_from_the_command_line(tmp_path, monkeypatch):
     assert {r["image_id"] for r in bbox} <= val_ids and len(val_ids) == 4
 
     run = tmp_path / "predict"
-    out = _main(["--mode=predict", f"--workdir={run}", f"--config.predict.input={val_cfg.img_dir}",
-                 "--config.predict.score_thresh=0.0", *common], env)
+    out = _main(
+        [
+            "--mode=predict",
+            f"--workdir={run}",
+            f"--config.predict.input={val_cfg.img_dir}",
+            "--config.predict.score_thresh=0.0",
+            *common,
+        ],
+        env,
+    )
     images = sorted(os.listdir(val_cfg.img_dir))
     records = json.loads((run / "predictions.json").read_text())
     assert len(records) > 0

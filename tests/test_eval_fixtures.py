@@ -81,9 +81,17 @@ def make_tiny_coco(root: str, seed: int, num_images: int = 5) -> TinyCoco:
             img[y : y + side, x : x + side] = rng.integers(230, 256, 3)  # never the background
             cat = int(rng.choice(CATEGORY_IDS))
             poly = [x, y, x + side, y, x + side, y + side, x, y + side]
-            anns.append({"id": ann_id, "image_id": image_id, "category_id": cat,
-                         "bbox": [x, y, side, side], "area": side * side, "iscrowd": 0,
-                         "segmentation": [[float(v) for v in poly]]})
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": [x, y, side, side],
+                    "area": side * side,
+                    "iscrowd": 0,
+                    "segmentation": [[float(v) for v in poly]],
+                }
+            )
             ann_id += 1
         name = f"img_{k:02d}.png"
         Image.fromarray(img).save(os.path.join(img_dir, name))
@@ -91,9 +99,14 @@ def make_tiny_coco(root: str, seed: int, num_images: int = 5) -> TinyCoco:
         file_names[image_id], sizes[image_id] = name, (h, w)
     ann_file = os.path.join(root, "annotations.json")
     with open(ann_file, "w") as f:
-        json.dump({"images": images, "annotations": anns,
-                   "categories": [{"id": c, "name": n} for c, n in
-                                  zip(CATEGORY_IDS, CATEGORY_NAMES)]}, f)
+        json.dump(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, CATEGORY_NAMES)],
+            },
+            f,
+        )
     coco = load_coco(ann_file)
     gt = {i: gt_detections(coco, i) for i in file_names}
     return TinyCoco(img_dir, ann_file, sorted(file_names), file_names, sizes, gt, coco)
@@ -114,10 +127,19 @@ def gt_detections(coco: COCO, image_id: int) -> Detections:
     info = coco.loadImgs([image_id])[0]
     h, w = info["height"], info["width"]
     if not anns:
-        return Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
-                          torch.zeros(0, h, w, dtype=torch.uint8))
-    boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                           a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=torch.float32)
+        return Detections(
+            torch.zeros(0, 4),
+            torch.zeros(0),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, h, w, dtype=torch.uint8),
+        )
+    boxes = torch.tensor(
+        [
+            [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+            for a in anns
+        ],
+        dtype=torch.float32,
+    )
     labels = torch.tensor([CATEGORY_IDS.index(a["category_id"]) + 1 for a in anns])
     masks = torch.from_numpy(np.stack([coco.annToMask(a) for a in anns])).to(torch.uint8)
     return Detections(boxes, torch.ones(len(anns)), labels, masks)
@@ -173,8 +195,9 @@ class OracleModel(nn.Module):
             d = self.gt[int(images.tensor[b, 0, 0, 0].item())]
             labels = d.labels
             if self.labels_as_category_ids:
-                labels = torch.tensor([CATEGORY_IDS[i - 1] for i in labels.tolist()],
-                                      dtype=torch.long)
+                labels = torch.tensor(
+                    [CATEGORY_IDS[i - 1] for i in labels.tolist()], dtype=torch.long
+                )
             out.append(Detections(d.boxes.clone(), d.scores.clone(), labels, d.masks.clone()))
         return out
 
@@ -199,9 +222,15 @@ class ColourOracle(OracleModel):
 
 class EmptyModel(nn.Module):
     def forward(self, images: ImageBatch) -> list[Detections]:
-        return [Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
-                           torch.zeros(0, h, w, dtype=torch.uint8))
-                for h, w in images.image_sizes]
+        return [
+            Detections(
+                torch.zeros(0, 4),
+                torch.zeros(0),
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, h, w, dtype=torch.uint8),
+            )
+            for h, w in images.image_sizes
+        ]
 
 
 def identity_postprocess(det, size, orig_size, mask_threshold=0.5):

@@ -31,8 +31,14 @@ class Recorder(nn.Module):
         for b in range(n):
             i = float(images.tensor[b, 0, 0, 0])
             box = torch.tensor([[1.0, 2.0, 5.0, 6.0]], dtype=y.dtype) * i
-            out.append(Detections(box, torch.ones(1, dtype=y.dtype), torch.tensor([1]),
-                                  torch.full((1, 1, 4, 4), 0.75, dtype=y.dtype)))
+            out.append(
+                Detections(
+                    box,
+                    torch.ones(1, dtype=y.dtype),
+                    torch.tensor([1]),
+                    torch.full((1, 1, 4, 4), 0.75, dtype=y.dtype),
+                )
+            )
         return out
 
 
@@ -61,9 +67,15 @@ def test_run_inference_outputs_and_modes(dtype):
     ids = [3, 1, 4, 1, 5]
     stats = inference.InferenceStats()
     got = []
-    for info, det in inference.run_inference(model, _batches(ids), torch.device("cpu"), dtype,
-                                             stats=stats, warmup=1,
-                                             postprocess=_scale_to_original):
+    for info, det in inference.run_inference(
+        model,
+        _batches(ids),
+        torch.device("cpu"),
+        dtype,
+        stats=stats,
+        warmup=1,
+        postprocess=_scale_to_original,
+    ):
         # Between yields the caller is back in normal grad mode.
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         assert det.boxes.dtype == det.scores.dtype == torch.float32
@@ -82,15 +94,23 @@ def test_run_inference_outputs_and_modes(dtype):
 def test_run_inference_mask_threshold_and_empty_batches():
     model = Recorder().eval()
     batches = [Batch(ImageBatch(torch.zeros(0, 3, 8, 12), []), [])] + list(_batches([1, 2]))
-    out = list(inference.run_inference(model, batches, torch.device("cpu"), mask_threshold=0.8,
-                                       postprocess=_scale_to_original))
+    out = list(
+        inference.run_inference(
+            model, batches, torch.device("cpu"), mask_threshold=0.8, postprocess=_scale_to_original
+        )
+    )
     assert len(out) == 2 and len(model.modes) == 1  # the empty batch never reaches the model
     assert all(int(det.masks.sum()) == 0 for _, det in out)  # 0.75 < 0.8
 
 
 def test_run_inference_stopping_early_leaves_grad_mode_on():
-    gen = inference.run_inference(Recorder().eval(), _batches([1, 2, 3, 4]), torch.device("cpu"),
-                                  "bfloat16", postprocess=_scale_to_original)
+    gen = inference.run_inference(
+        Recorder().eval(),
+        _batches([1, 2, 3, 4]),
+        torch.device("cpu"),
+        "bfloat16",
+        postprocess=_scale_to_original,
+    )
     next(gen)
     del gen
     assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
@@ -98,8 +118,14 @@ def test_run_inference_stopping_early_leaves_grad_mode_on():
 
 def test_run_inference_checks_output_count():
     with pytest.raises(RuntimeError, match="returned 1 detections for 2 images"):
-        list(inference.run_inference(Recorder(n_out=1).eval(), _batches([1, 2]),
-                                     torch.device("cpu"), postprocess=_scale_to_original))
+        list(
+            inference.run_inference(
+                Recorder(n_out=1).eval(),
+                _batches([1, 2]),
+                torch.device("cpu"),
+                postprocess=_scale_to_original,
+            )
+        )
 
 
 def test_run_inference_with_the_model_postprocess():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from mrcnn.structures import Detections
 from torchvision.utils import draw_segmentation_masks
 
+from mrcnn.structures import Detections
 from mrcnn.visualize import blend_masks, class_color, draw_detections
 
 
@@ -17,8 +16,9 @@ def _image(h=40, w=50, seed=0):
 
 
 def _det(boxes, scores, labels, masks=None):
-    return Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores),
-                      torch.tensor(labels), masks)
+    return Detections(
+        torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores), torch.tensor(labels), masks
+    )
 
 
 def test_class_colors_are_fixed_and_distinct():

@@ -53,15 +53,17 @@ def tiny(tmp_path):
 
 @pytest.fixture
 def pipeline(monkeypatch, tiny):
-    """evaluate() over the tiny dataset through the fake loader; `overrides` alters each rank's
-    image list (for failure cases)."""
+    """evaluate() over the tiny dataset through the fake loader. The returned dict's "shard"
+    (ids, rank, world_size) -> ids picks each rank's images; tests replace it for failure cases."""
     state = {"shard": shard}
 
     def build(config, dataset_cfg, rank, world_size):
         ids = tiny.image_ids[: config.eval.num_images or None]
         mine = state["shard"](ids, rank, world_size)
-        return (fake_loader(tiny, mine, config.test.ims_per_batch),
-                FakeDataset(tiny.ann_file, ids, tiny.img_dir))
+        return (
+            fake_loader(tiny, mine, config.test.ims_per_batch),
+            FakeDataset(tiny.ann_file, ids, tiny.img_dir),
+        )
 
     monkeypatch.setattr(evaluation, "_build_test_loader", build)
     monkeypatch.setattr(evaluation, "_get_dataset_meta", lambda config, dataset_cfg: fake_meta())
@@ -152,14 +154,19 @@ def test_detections_to_coco_records():
 
     # Bool masks and [K, 1, H, W] masks encode the same.
     _, segm_bool = evaluation.detections_to_coco(
-        info, Detections(boxes, det.scores, det.labels, masks.bool()[:, None]), int)
+        info, Detections(boxes, det.scores, det.labels, masks.bool()[:, None]), int
+    )
     assert [r["segmentation"] for r in segm_bool] == [r["segmentation"] for r in segm]
 
 
 def test_detections_to_coco_empty_none_and_wrong_size():
     info = ImageInfo(1, "a.png", (8, 8), (8, 8))
-    empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
-                       torch.zeros(0, 8, 8, dtype=torch.uint8))
+    empty = Detections(
+        torch.zeros(0, 4),
+        torch.zeros(0),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, 8, 8, dtype=torch.uint8),
+    )
     assert evaluation.detections_to_coco(info, empty, int) == ([], [])
     det = Detections(torch.tensor([[1.0, 1, 4, 4]]), torch.tensor([0.9]), torch.tensor([2]), None)
     bbox, segm = evaluation.detections_to_coco(info, det, int)
@@ -231,8 +238,9 @@ def test_evaluate_oracle_is_perfect_and_writes_files(pipeline, tiny, tmp_path):
 
 
 def test_evaluate_empty_model_gives_zero(pipeline, tiny, tmp_path):
-    metrics = evaluation.evaluate(EmptyModel(), small_config(), torch.device("cpu"),
-                                  output_dir=str(tmp_path))
+    metrics = evaluation.evaluate(
+        EmptyModel(), small_config(), torch.device("cpu"), output_dir=str(tmp_path)
+    )
     assert metrics["bbox"]["AP"] == 0.0 and metrics["segm"]["AP"] == 0.0
     assert json.loads((tmp_path / "bbox.json").read_text()) == []
     assert json.loads((tmp_path / "segm.json").read_text()) == []
@@ -269,8 +277,9 @@ def test_evaluate_two_ranks_same_as_one(pipeline, tiny, tmp_path, monkeypatch):
     config.test.ims_per_batch = 1
     single = evaluation.evaluate(OracleModel(tiny.gt), config, torch.device("cpu"))
     noisy = _noisy_detections(tiny, seed=11)
-    single_noisy = evaluation.evaluate(OracleModel(noisy), config, torch.device("cpu"),
-                                       output_dir=str(tmp_path / "one"))
+    single_noisy = evaluation.evaluate(
+        OracleModel(noisy), config, torch.device("cpu"), output_dir=str(tmp_path / "one")
+    )
 
     fd = FakeDist(2)
     fd.patch(monkeypatch)
@@ -285,8 +294,13 @@ def test_evaluate_two_ranks_same_as_one(pipeline, tiny, tmp_path, monkeypatch):
 
         m.forward = record
     results, errors = fd.run(
-        lambda r: evaluation.evaluate(models[r], config, torch.device("cpu"),
-                                      output_dir=str(tmp_path / "two") if r == 0 else None))
+        lambda r: evaluation.evaluate(
+            models[r],
+            config,
+            torch.device("cpu"),
+            output_dir=str(tmp_path / "two") if r == 0 else None,
+        )
+    )
     assert errors == [None, None]
     assert results[0] == results[1] == single_noisy  # same metrics, on every rank
     assert 0 < single_noisy["bbox"]["AP"] < 0.95 and single["bbox"]["AP"] == pytest.approx(1)
@@ -302,11 +316,13 @@ def test_evaluate_overlapping_shards_fail_on_every_rank(pipeline, tiny, monkeypa
     fd = FakeDist(2)
     fd.patch(monkeypatch)
     results, errors = fd.run(
-        lambda r: evaluation.evaluate(OracleModel(tiny.gt), small_config(), torch.device("cpu")))
+        lambda r: evaluation.evaluate(OracleModel(tiny.gt), small_config(), torch.device("cpu"))
+    )
     assert all(isinstance(e, RuntimeError) and "more than once" in str(e) for e in errors)
 
 
 def test_evaluate_missing_image(pipeline, tiny, caplog):
+    caplog.set_level("INFO")
     pipeline["shard"] = lambda ids, rank, world_size: ids[1:]  # the loader lost the first image
     config = small_config()
     config.data.on_bad_image = "fail"
@@ -319,8 +335,9 @@ def test_evaluate_missing_image(pipeline, tiny, caplog):
 
 
 def test_evaluate_vis_images(pipeline, tiny):
-    metrics = evaluation.evaluate(OracleModel(tiny.gt), small_config(), torch.device("cpu"),
-                                  num_vis=2)
+    metrics = evaluation.evaluate(
+        OracleModel(tiny.gt), small_config(), torch.device("cpu"), num_vis=2
+    )
     vis = metrics.pop("_vis")
     assert len(vis) == 2
     for img, i in zip(vis, tiny.image_ids):
@@ -345,8 +362,9 @@ def test_evaluate_with_the_data_loader(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(inference, "_to_original", identity_postprocess)
     config = _real_config(tiny)
     oracle = ColourOracle(tiny.gt, config.input.pixel_mean, config.input.pixel_std)
-    metrics = evaluation.evaluate(oracle, config, torch.device("cpu"), output_dir=str(tmp_path),
-                                  num_vis=1)
+    metrics = evaluation.evaluate(
+        oracle, config, torch.device("cpu"), output_dir=str(tmp_path), num_vis=1
+    )
     assert len(metrics.pop("_vis")) == 1
     for iou_type in ("bbox", "segm"):
         assert metrics[iou_type]["AP"] == pytest.approx(1.0)
@@ -356,15 +374,19 @@ def test_evaluate_with_the_data_loader(tiny, tmp_path, monkeypatch):
     fd = FakeDist(2)
     fd.patch(monkeypatch)
     noisy = _noisy_detections(tiny, seed=5)
-    models = [ColourOracle(noisy, config.input.pixel_mean, config.input.pixel_std)
-              for _ in range(2)]
+    models = [
+        ColourOracle(noisy, config.input.pixel_mean, config.input.pixel_std) for _ in range(2)
+    ]
     results, errors = fd.run(lambda r: evaluation.evaluate(models[r], config, torch.device("cpu")))
     assert errors == [None, None] and results[0] == results[1]
     assert models[0].calls + models[1].calls == 3  # 5 images: 3 + 2, 2 per batch
     monkeypatch.undo()
     monkeypatch.setattr(inference, "_to_original", identity_postprocess)
-    one = evaluation.evaluate(ColourOracle(noisy, config.input.pixel_mean,
-                                           config.input.pixel_std), config, torch.device("cpu"))
+    one = evaluation.evaluate(
+        ColourOracle(noisy, config.input.pixel_mean, config.input.pixel_std),
+        config,
+        torch.device("cpu"),
+    )
     assert one == results[0] and 0 < one["segm"]["AP"] < 0.95
 
 

@@ -28,8 +28,11 @@ class CentreModel(nn.Module):
         out = []
         for h, w in images.image_sizes:
             boxes = torch.tensor([[w / 4, h / 4, 3 * w / 4, 3 * h / 4], [0, 0, w / 8, h / 8]])
-            out.append(Detections(boxes, torch.tensor([0.9, 0.2]), torch.tensor([1, 2]),
-                                  torch.ones(2, 1, 4, 4)))
+            out.append(
+                Detections(
+                    boxes, torch.tensor([0.9, 0.2]), torch.tensor([1, 2]), torch.ones(2, 1, 4, 4)
+                )
+            )
         return out
 
 
@@ -45,8 +48,9 @@ def box_paste(det, size, orig_size, mask_threshold=0.5):
 
 @pytest.fixture
 def setup(monkeypatch, tmp_path):
-    monkeypatch.setattr(predict, "build_inference_model", lambda config, workdir, device:
-                        CentreModel().eval())
+    monkeypatch.setattr(
+        predict, "build_inference_model", lambda config, workdir, device: CentreModel().eval()
+    )
     monkeypatch.setattr(inference, "_to_original", box_paste)
     cats = [{"id": 1, "name": "square"}, {"id": 5, "name": "box"}, {"id": 90, "name": "tile"}]
     ann = tmp_path / "cats.json"
@@ -119,6 +123,7 @@ def test_predict_folder_with_bad_files(setup, tmp_path, caplog):
 
 
 def test_predict_refuses_symlinks_out_of_the_glob_or_folder(setup, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     config = setup
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -190,8 +195,9 @@ def test_predict_two_ranks(setup, tmp_path, monkeypatch):
     config.predict.input = str(root)
     fd = FakeDist(2)
     fd.patch(monkeypatch)
-    results, errors = fd.run(lambda r: predict.predict(config, str(tmp_path / "run"),
-                                                       torch.device("cpu")))
+    results, errors = fd.run(
+        lambda r: predict.predict(config, str(tmp_path / "run"), torch.device("cpu"))
+    )
     assert errors == [None, None]
     assert results[0]["images"] == results[1]["images"] == 5
     records = json.loads((tmp_path / "run" / "predictions.json").read_text())

@@ -3,7 +3,7 @@
 Every path is under the data root: `$MRCNN_DATA` when set, else `config.data.root`. The COCO
 layout is the one `launch/download_coco.sh ROOT` extracts:
 
-    ROOT/coco/annotations/instances_{train,val}{2014,2017}.json
+    ROOT/coco/annotations/instances_{train,val}{2014,2017}.json  (download_coco.sh ROOT/coco)
     ROOT/coco/{train2014,val2014,train2017,val2017}/*.jpg
     ROOT/shapes/<params>/...            (generated on first use, see shapes.py)
 
@@ -118,10 +118,16 @@ def dataset_paths(config: ml_collections.ConfigDict, dataset_cfg: Any) -> tuple[
 def _missing(name: str, what: str, path: str, root: str) -> DatasetMissingError:
     return DatasetMissingError(
         f"dataset {name or '(explicit paths)'}: {what} not found: {os.path.abspath(path)}. "
-        f"COCO: run `bash launch/download_coco.sh {root}` (layout in WORKSPACE.md); or set "
+        f"COCO: run `bash launch/download_coco.sh {os.path.join(root, 'coco')}` (layout in "
+        "WORKSPACE.md); or set "
         "$MRCNN_DATA / --config.data.root to where the data is; or point "
         "--config.data.train.img_dir / ann_file (and data.val.*) at any COCO-format dataset."
     )
+
+
+def resolve(config: ml_collections.ConfigDict, dataset_cfg: Any) -> tuple[str, str]:
+    """(img_dir, ann_file) of a dataset config; the name scripts use (`launch/demo.sh`)."""
+    return dataset_paths(config, dataset_cfg)
 
 
 def require_dataset(

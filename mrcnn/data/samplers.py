@@ -49,7 +49,8 @@ class TrainSchedule:
         whole = sum(len(g) // self.batch_size for g in self._groups)
         # Too few images for one single-group batch: mix groups and repeat images.
         self._mixed = whole == 0
-        self.batches_per_epoch = max(1, self.num_images // self.batch_size) if self._mixed else whole
+        self.batches_per_epoch = (max(1, self.num_images // self.batch_size) if self._mixed
+                                  else whole)
         self._cached_epoch = -1
         self._cached: np.ndarray | None = None
 

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "../box_coding.h"
+#include "parallel.h"
 
 namespace mrcnn {
 namespace {
@@ -25,7 +26,7 @@ at::Tensor grid_anchors_cpu(const at::Tensor& base_anchors, int64_t feat_h, int6
                                   "mrcnn_grid_anchors", [&] {
     const scalar_t* bp = base.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, feat_h * feat_w * a, 4096, [&](int64_t i0, int64_t i1) {
+    dynamic_parallel_for(0, feat_h * feat_w * a, 16384, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) grid_anchor<scalar_t>(bp, op, i, feat_w, a, stride_h, stride_w);
     });
   });
@@ -45,7 +46,7 @@ at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
     const scalar_t* dp = d.data_ptr<scalar_t>();
     const scalar_t* bp = b.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n * per_row, 4096, [&](int64_t i0, int64_t i1) {
+    dynamic_parallel_for(0, n * per_row, 16384, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) decode_one<scalar_t>(dp, bp, op, i, per_row, prm);
     });
   });

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "parallel.h"
 
 namespace mrcnn {
 namespace {
@@ -35,8 +36,8 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
     }
     const T* ap = a.data_ptr<T>();
     T* o = out.data_ptr<T>();
-    const int64_t grain = std::max<int64_t>(1, 16384 / m);
-    at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+    const int64_t rows = std::max<int64_t>(1, 32768 / m);
+    dynamic_parallel_for(0, n, rows, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
         const T x1 = ap[4 * i], y1 = ap[4 * i + 1], x2 = ap[4 * i + 2], y2 = ap[4 * i + 3];
         const T area = (x2 - x1) * (y2 - y1);

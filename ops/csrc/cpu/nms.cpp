@@ -3,8 +3,9 @@
 //
 // Greedy NMS is sequential in the kept boxes, but the work is in the IoU rows. Boxes are sorted
 // once (stable, descending score) and laid out as structure-of-arrays; they are processed in
-// blocks of 64: the block is resolved sequentially (64 x 64 IoUs), then the boxes it kept
-// suppress every later box in one branch-free, vectorisable, multi-threaded sweep.
+// blocks of 512: the block is resolved sequentially, then the boxes it kept suppress every later
+// box in one branch-free, vectorisable, multi-threaded sweep. Large blocks keep the number of
+// parallel regions (thread wake-ups and barriers) small.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -13,13 +14,14 @@
 #include <vector>
 
 #include "../common.h"
+#include "parallel.h"
 
 namespace mrcnn {
 namespace {
 
-constexpr int64_t kBlock = 64;   // boxes resolved sequentially before a parallel sweep
-constexpr int64_t kTile = 1024;  // later boxes swept per kept box while they stay in L1
-constexpr int64_t kGrain = 4096; // smallest sweep handed to another thread
+constexpr int64_t kBlock = 512;         // boxes resolved sequentially before a parallel sweep
+constexpr int64_t kTile = 1024;          // later boxes swept per kept box while they stay in L1
+constexpr int64_t kMinParallel = 1 << 20; // IoUs in a sweep below which threads cost more
 
 template <typename T>
 struct SoA {
@@ -60,9 +62,9 @@ void greedy_nms(const SoA<T>& s, int64_t begin, int64_t end, T thr, int32_t* rem
     for (int64_t i = bs; i < be; ++i) {
       if (removed[i]) continue;
       kept.push_back(i);
+      const T ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], ia = ar[i];
       for (int64_t j = i + 1; j < be; ++j) {
-        const T o = iou_with_areas(x1[i], y1[i], x2[i], y2[i], ar[i], x1[j], y1[j], x2[j],
-                                   y2[j], ar[j]);
+        const T o = iou_with_areas(ix1, iy1, ix2, iy2, ia, x1[j], y1[j], x2[j], y2[j], ar[j]);
         removed[j] |= static_cast<int32_t>(o > thr);
       }
     }
@@ -80,8 +82,8 @@ void greedy_nms(const SoA<T>& s, int64_t begin, int64_t end, T thr, int32_t* rem
         }
       }
     };
-    if (parallel) {
-      at::parallel_for(be, end, kGrain, sweep);
+    if (parallel && int64_t(kept.size()) * (end - be) >= kMinParallel) {
+      dynamic_parallel_for(be, end, kTile, sweep);
     } else {
       sweep(be, end);
     }
@@ -156,7 +158,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
     // Many balanced categories: one thread per category. One dominant category: parallelise
     // inside it instead.
     if (nseg > 1 && largest * 2 <= n) {
-      at::parallel_for(0, nseg, 1, [&](int64_t a, int64_t e) {
+      dynamic_parallel_for(0, nseg, 1, [&](int64_t a, int64_t e) {
         for (int64_t c = a; c < e; ++c) greedy_nms(s, seg[c], seg[c + 1], thr, removed.data(), false);
       });
     } else {

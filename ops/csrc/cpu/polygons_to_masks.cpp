@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "parallel.h"
 
 namespace mrcnn {
 
@@ -60,7 +61,7 @@ at::Tensor polygons_to_masks_cpu(const at::Tensor& coords, const at::Tensor& pol
   }
   float* op = out.data_ptr<float>();
 
-  at::parallel_for(0, r_count, 1, [&](int64_t r0, int64_t r1) {
+  dynamic_parallel_for(0, r_count, 8, [&](int64_t r0, int64_t r1) {
     std::vector<double> xs, ys, cross;
     for (int64_t r = r0; r < r1; ++r) {
       const float* box = bp + 4 * r;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "parallel.h"
 
 namespace mrcnn {
 namespace {
@@ -116,7 +117,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois_in, at::Tensor
   if (prefer_channels_last(channels, n_batch * height * width, total, is_cl)) {
     const at::Tensor in = input.contiguous(at::MemoryFormat::ChannelsLast);
     const scalar_t* ip = in.data_ptr<scalar_t>();
-    at::parallel_for(0, k_rois, 1, [&](int64_t r0, int64_t r1) {
+    dynamic_parallel_for(0, k_rois, 4, [&](int64_t r0, int64_t r1) {
       std::vector<Sample<acc_t>> pcs;
       std::vector<acc_t> acc(channels);
       for (int64_t r = r0; r < r1; ++r) {
@@ -149,7 +150,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois_in, at::Tensor
 
   const at::Tensor in = input.contiguous();
   const scalar_t* ip = in.data_ptr<scalar_t>();
-  at::parallel_for(0, k_rois, 1, [&](int64_t r0, int64_t r1) {
+  dynamic_parallel_for(0, k_rois, 4, [&](int64_t r0, int64_t r1) {
     std::vector<Sample<acc_t>> pcs;
     for (int64_t r = r0; r < r1; ++r) {
       const RoiGeometry<acc_t> g = geometry_of(rp, r, scale, ph, pw, sr, aligned);
@@ -233,7 +234,7 @@ at::Tensor backward_impl(const at::Tensor& grad, const at::Tensor& rois_in, doub
   auto prepare = [&](int64_t b0, int64_t b1) {
     pcs.resize(b1 - b0);
     geos.resize(b1 - b0);
-    at::parallel_for(b0, b1, 1, [&](int64_t r0, int64_t r1) {
+    dynamic_parallel_for(b0, b1, 8, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         geos[r - b0] = geometry_of(rp, r, scale, ph, pw, sr, aligned);
         precalc(geos[r - b0], ph, pw, height, width, pcs[r - b0]);
@@ -248,11 +249,15 @@ at::Tensor backward_impl(const at::Tensor& grad, const at::Tensor& rois_in, doub
     const acc_t* gp = g_t.data_ptr<acc_t>();
     at::Tensor gin = at::zeros({n_batch, height, width, channels}, opts);
     acc_t* gi = gin.data_ptr<acc_t>();
-    const int64_t nchunks = std::min<int64_t>(at::get_num_threads(), (channels + 15) / 16);
-    const int64_t chunk = (channels + nchunks - 1) / nchunks;
+    // Channel slices pulled dynamically by the threads: about two per thread, so a late thread
+    // costs little, and wide enough (a multiple of 16) that the per-sample bookkeeping is
+    // amortised over a long vector loop.
+    const int64_t want = (channels + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());
+    const int64_t chunk = std::max<int64_t>(16, (want + 15) / 16 * 16);
+    const int64_t nchunks = (channels + chunk - 1) / chunk;
     for (size_t b = 0; b + 1 < cuts.size(); ++b) {
       prepare(cuts[b], cuts[b + 1]);
-      at::parallel_for(0, nchunks, 1, [&](int64_t q0, int64_t q1) {
+      dynamic_parallel_for(0, nchunks, 1, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t c0 = q * chunk, c1 = std::min(channels, c0 + chunk);
           for (int64_t r = cuts[b]; r < cuts[b + 1]; ++r) {
@@ -291,7 +296,7 @@ at::Tensor backward_impl(const at::Tensor& grad, const at::Tensor& rois_in, doub
   const int64_t s0 = grad.stride(0), s1 = grad.stride(1), s2 = grad.stride(2), s3 = grad.stride(3);
   for (size_t b = 0; b + 1 < cuts.size(); ++b) {
     prepare(cuts[b], cuts[b + 1]);
-    at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
+    dynamic_parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t r = cuts[b]; r < cuts[b + 1]; ++r) {
           const RoiGeometry<acc_t>& g = geos[r - cuts[b]];
