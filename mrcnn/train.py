@@ -271,7 +271,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                 }, prefix="train/")
                 bad_counts = getattr(getattr(loader, "dataset", None), "bad_counts", None)
                 if bad_counts:
-                    writer.scalars(it, {f"bad_{k}": v for k, v in bad_counts.items()},
+                    writer.scalars(it, dict(bad_counts),
                                    prefix="data/")
 
             if stop.signal is not None:

@@ -121,6 +121,9 @@ def build_train_loader(
                                      size_divisibility=config.input.size_divisibility),
         pin_memory=_pin(config),
         persistent_workers=workers > 0,
+        # Its own generator: creating the iterator must not draw from the global RNG, or a
+        # resumed run (which restores that RNG) would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(int(config.seed) + rank),
     )
     per_rank = s.ims_per_batch // (world_size * s.accumulate_steps)
     log.info("train data: %s, %d images, %d instances, %d per micro-batch on this rank, "
