@@ -8,6 +8,7 @@ Any `--config.a.b=value` overrides a key; a key that does not exist is an error 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -32,7 +33,12 @@ def main(argv: list[str]) -> None:
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("runs", config.name)
-    runner.run(_MODE.value, config, workdir)
+    try:
+        runner.run(_MODE.value, config, workdir)
+    except runner.UserError as e:
+        # Bad input (config value, dataset, weights file): one clear line, no traceback.
+        logging.getLogger("mrcnn").error("%s: %s", type(e).__name__, e)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -64,11 +64,14 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
             _fail(f"model.{key}.bg_iou_thresh", sec.bg_iou_thresh, "need 0 <= bg <= fg <= 1")
         if not 0 < sec.positive_fraction <= 1:
             _fail(f"model.{key}.positive_fraction", sec.positive_fraction, "must be in (0, 1]")
-    if m.mask_head.resolution != 2 * m.mask_head.pooler_resolution:
+    # FPN: one 2x deconv on the pooled features; C4: res5 halves them first.
+    mask_res = 2 * (m.mask_head.pooler_resolution // (1 if m.backbone.fpn else 2))
+    if m.mask_head.resolution != mask_res:
         _fail(
             "model.mask_head.resolution",
             m.mask_head.resolution,
-            "must be 2 x mask_head.pooler_resolution (one 2x deconv)",
+            f"must be {mask_res}: 2 x mask_head.pooler_resolution (FPN: one 2x deconv), or "
+            "2 x (pooler_resolution // 2) with C4 (res5 halves the pooled features)",
         )
     i = config.input
     if min(i.min_size_train) <= 0 or i.max_size_train <= 0:

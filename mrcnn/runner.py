@@ -15,6 +15,24 @@ from mrcnn import dist
 log = logging.getLogger("mrcnn")
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "your input is wrong" (reported in one line), not "our code is wrong"."""
+    from mrcnn import config_check
+
+    errors: list[type[BaseException]] = [config_check.ConfigError]
+    try:
+        from mrcnn import data
+
+        errors += [data.AnnotationError, data.ImageError, data.DatasetMissingError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class UserError(Exception):
+    """Wraps a user-input error so main.py can print it without a traceback."""
+
+
 def setup_logging(workdir: str | None) -> None:
     """Rank 0 logs INFO to the console and to `workdir/log.txt`; other ranks log warnings only."""
     root = logging.getLogger()
@@ -61,29 +79,39 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     device = resolve_device(config)
     dist.init_from_env(device.type)
     setup_logging(workdir)
-    config_check.validate(config, world_size=dist.world_size(), mode=mode)
+    try:
+        config_check.validate(config, world_size=dist.world_size(), mode=mode)
+    except config_check.ConfigError as e:
+        raise UserError(str(e)) from e
     write_config(config, workdir)
     log.info("mode=%s workdir=%s device=%s world_size=%d", mode, workdir, device, dist.world_size())
     try:
-        if mode == "train":
-            from mrcnn import train
-
-            train.train(config, workdir, device)
-        elif mode == "eval":
-            from mrcnn import evaluation
-
-            metrics = evaluation.evaluate_checkpoint(config, workdir, device)
-            if dist.is_main():
-                log.info("metrics: %s", json.dumps(metrics))
-        elif mode == "predict":
-            from mrcnn import predict
-
-            predict.predict(config, workdir, device)
-        elif mode == "bench":
-            from mrcnn import bench
-
-            bench.bench(config, workdir, device)
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
+        _dispatch(mode, config, workdir, device)
+    except _user_errors() as e:
+        raise UserError(f"{type(e).__name__}: {e}") from e
     finally:
         dist.shutdown()
+
+
+def _dispatch(mode: str, config: ml_collections.ConfigDict, workdir: str, device) -> None:
+    """Calls the mode's function in the package; nothing else happens here."""
+    if mode == "train":
+        from mrcnn import train
+
+        train.train(config, workdir, device)
+    elif mode == "eval":
+        from mrcnn import evaluation
+
+        metrics = evaluation.evaluate_checkpoint(config, workdir, device)
+        if dist.is_main():
+            log.info("metrics: %s", json.dumps(metrics))
+    elif mode == "predict":
+        from mrcnn import predict
+
+        predict.predict(config, workdir, device)
+    elif mode == "bench":
+        from mrcnn import bench
+
+        bench.bench(config, workdir, device)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")

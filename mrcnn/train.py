@@ -111,6 +111,14 @@ def build_training_model(config: ml_collections.ConfigDict, device: torch.device
     model = build_model(config.model)
     if config.model.backbone.norm == "SyncBN" and dist.world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if dist.world_size() > 1 and device.type != "cuda" and any(
+            isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        # torch's SyncBatchNorm only synchronizes CUDA tensors; it would fail at the first step.
+        from mrcnn.config_check import ConfigError
+
+        raise ConfigError(f"config.model.backbone.norm={config.model.backbone.norm!r}: SyncBN "
+                          f"needs CUDA devices; on {device.type} ranks use BN (per-rank "
+                          "statistics) or GN")
     model.to(device)
     if config.perf.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -162,7 +170,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
         train_model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
+            # Buffers (BN statistics) stay per rank, as in detectron2; they are equal at the
+            # start, so the sync at construction that forward_sync_buffers=False keeps is harmless.
+            forward_sync_buffers=False,
             find_unused_parameters=False,
         )
 
@@ -219,8 +229,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                 for k, v in losses.items():
                     parts[k] = parts.get(k, torch.zeros((), device=device)) + v.detach().float() / accum
 
-            # One host sync per step: the loss values, for the finite check and the meters.
-            values = torch.stack([loss_sum, *parts.values()]).tolist()
+            # One host sync per step, one all-reduce: the losses averaged over ranks (for the
+            # meters, and a finite check every rank agrees on: DDP has already spread a
+            # non-finite gradient to all of them) and the stop request. A signal can reach the
+            # ranks at different steps, or only some of them; stopping on the reduced flag makes
+            # every rank save and leave at the same step instead of hanging in a collective.
+            stop_req = torch.tensor(float(stop.signal is not None), device=device)
+            *values, stop_votes = dist.all_reduce_mean(
+                torch.stack([loss_sum, *parts.values(), stop_req])).tolist()
+            stop_now = stop_votes > 0
             finite = all(math.isfinite(v) for v in values)
             if not finite and not scaler.is_enabled():
                 bad = [k for k, v in zip(("loss", *parts), values) if not math.isfinite(v)]
@@ -274,9 +291,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                     writer.scalars(it, dict(bad_counts),
                                    prefix="data/")
 
-            if stop.signal is not None:
+            if stop_now:
                 save(it)
-                log.warning("stopped by signal %d at iteration %d; rerun to resume", stop.signal, it)
+                log.warning("stopped by %s at iteration %d; rerun to resume",
+                            f"signal {stop.signal}" if stop.signal else "a signal on another rank",
+                            it)
                 writer.close()
                 return metrics
             if s.checkpoint_period and it % s.checkpoint_period == 0 and it < s.max_iter:

@@ -157,6 +157,7 @@ def _fold_where_frozen(model: nn.Module, sd: dict[str, Tensor], eps: float) -> d
         p = key[: -len("running_mean")]
         target = modules.get(p[:-1])
         if isinstance(target, FrozenBatchNorm2d):
+            out.pop(p + "num_batches_tracked", None)
             w, b, rm, rv = (out.pop(p + s) for s in _BN_STATS)
             out[p + "weight"], out[p + "bias"] = fold_bn(
                 w.float(), b.float(), rm.float(), rv.float(), eps

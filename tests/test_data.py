@@ -3,6 +3,7 @@ Batch contract of the train and test loaders, catalog and label mapping."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 
@@ -20,8 +21,6 @@ from mrcnn.data import transforms as T
 from mrcnn.data.annotations import ImageRecord
 from mrcnn.data.coco import record_to_targets
 from mrcnn.structures import Batch, ImageBatch, InstanceMasks, Targets
-
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _input_cfg(**kw) -> ml_collections.ConfigDict:
@@ -138,12 +137,16 @@ def test_flip_maps_boxes_polygons_and_bitmasks_consistently():
         flipped_bitmask = torch.from_numpy(m).flip(-1).numpy()
         assert (fm != flipped_bitmask).sum() <= 0.02 * max(m.sum(), 1) + 2
         assert m.sum() > 0
-        box = torch.tensor([[pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()]],
-                           dtype=torch.float32)
+        box = torch.tensor(
+            [[pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()]],
+            dtype=torch.float32,
+        )
         fbox = T.flip_boxes(box, w)[0]
         fpts = T.flip_polygon(poly, w).view(-1, 2)
-        assert torch.allclose(fbox, torch.stack([fpts[:, 0].min(), fpts[:, 1].min(),
-                                                 fpts[:, 0].max(), fpts[:, 1].max()]))
+        assert torch.allclose(
+            fbox,
+            torch.stack([fpts[:, 0].min(), fpts[:, 1].min(), fpts[:, 0].max(), fpts[:, 1].max()]),
+        )
         assert torch.allclose(T.flip_boxes(T.flip_boxes(box, w), w), box)
 
 
@@ -154,11 +157,17 @@ def test_record_to_targets_flips_and_resizes_every_mask_kind():
     rle_mask[10:20, 40:55] = 1
     rle = mask_util.encode(np.asfortranarray(rle_mask))["counts"]
     rec = ImageRecord(
-        1, "x.jpg", h, w,
+        1,
+        "x.jpg",
+        h,
+        w,
         boxes=np.array([[5, 5, 30, 30], [40, 10, 55, 20]], np.float32),
-        labels=np.array([1, 2]), category_ids=np.array([1, 2]),
-        poly_coords=tri, poly_part_lens=np.array([6], np.int32),
-        poly_parts=np.array([1, 0], np.int32), rles=[None, rle],
+        labels=np.array([1, 2]),
+        category_ids=np.array([1, 2]),
+        poly_coords=tri,
+        poly_part_lens=np.array([6], np.int32),
+        poly_parts=np.array([1, 0], np.int32),
+        rles=[None, rle],
     )
     info = T.ScaleInfo((h, w), (80, 120), 2.0, flipped=True)
     t = record_to_targets(rec, info, with_masks=True)
@@ -231,8 +240,13 @@ def test_train_loader_masks_match_boxes(shapes_root):
             h, w = info.size
             for k in range(len(t.labels)):
                 if t.masks.is_polygon()[k]:
-                    m = mask_util.decode(mask_util.merge(mask_util.frPyObjects(
-                        [p.double().tolist() for p in t.masks.polygons[k]], h, w)))
+                    m = mask_util.decode(
+                        mask_util.merge(
+                            mask_util.frPyObjects(
+                                [p.double().tolist() for p in t.masks.polygons[k]], h, w
+                            )
+                        )
+                    )
                 else:
                     m = t.masks.bitmasks[k].numpy()
                 ys, xs = np.nonzero(m)
@@ -275,7 +289,23 @@ def test_workers_do_not_change_the_batches(shapes_root):
         # Workers run torch with one thread, this process with two: bilinear resizing then
         # differs in the last bit of some pixels (SIMD tails fall elsewhere), nothing more.
         assert torch.allclose(x.images.tensor, y.images.tensor, rtol=0, atol=1e-5)
+    workers = list(b._it._workers)
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
     b.close()
+    gc.collect()
+    for w in workers:
+        w.join(timeout=10)
+    assert not any(w.is_alive() for w in workers)
+
+
+def test_loaders_leave_the_global_rng_alone(shapes_root):
+    c = _small_config(shapes_root)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    next(data.build_train_loader(c))
+    list(data.build_test_loader(c)[0])
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_accumulation_splits_the_global_batch(shapes_root):
@@ -322,8 +352,10 @@ def _copy_shapes(shapes_root, dest):
     d = os.path.dirname(os.path.dirname(train_cfg.ann_file))
     shutil.copytree(d, dest)
     rel = lambda p: os.path.join(dest, os.path.relpath(p, d))  # noqa: E731
-    return ({"name": "", "img_dir": rel(train_cfg.img_dir), "ann_file": rel(train_cfg.ann_file)},
-            {"name": "", "img_dir": rel(val_cfg.img_dir), "ann_file": rel(val_cfg.ann_file)})
+    return (
+        {"name": "", "img_dir": rel(train_cfg.img_dir), "ann_file": rel(train_cfg.ann_file)},
+        {"name": "", "img_dir": rel(val_cfg.img_dir), "ann_file": rel(val_cfg.ann_file)},
+    )
 
 
 def test_unreadable_training_images_are_skipped_and_counted(shapes_root, tmp_path):

@@ -43,7 +43,8 @@ def test_grayscale_rgba_palette_cmyk_and_bilevel(tmp_path):
     assert np.array_equal(t.permute(1, 2, 0).numpy(), a)  # alpha dropped, colours kept
 
     Image.fromarray(a).convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(
-        tmp_path / "p.png", transparency=0)
+        tmp_path / "p.png", transparency=0
+    )
     _check(load_image(str(tmp_path / "p.png")), 5, 7)
     Image.fromarray(a).convert("CMYK").save(tmp_path / "c.jpg")
     _check(load_image(str(tmp_path / "c.jpg")), 5, 7)

@@ -35,22 +35,28 @@ def _fake_mirror(tmp_path, year: str) -> dict[str, str]:
     base = tmp_path / "mirror"
     ann = json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]})
     paths = {
-        f"train{year}.zip": _zip(str(base / "zips" / f"train{year}.zip"),
-                                 {f"train{year}/a.jpg": b"train-image"}),
-        f"val{year}.zip": _zip(str(base / "zips" / f"val{year}.zip"),
-                               {f"val{year}/b.jpg": b"val-image"}),
+        f"train{year}.zip": _zip(
+            str(base / "zips" / f"train{year}.zip"), {f"train{year}/a.jpg": b"train-image"}
+        ),
+        f"val{year}.zip": _zip(
+            str(base / "zips" / f"val{year}.zip"), {f"val{year}/b.jpg": b"val-image"}
+        ),
         f"annotations_trainval{year}.zip": _zip(
             str(base / "annotations" / f"annotations_trainval{year}.zip"),
-            {f"annotations/instances_train{year}.json": ann.encode(),
-             f"annotations/instances_val{year}.json": ann.encode()}),
+            {
+                f"annotations/instances_train{year}.json": ann.encode(),
+                f"annotations/instances_val{year}.json": ann.encode(),
+            },
+        ),
     }
     return paths
 
 
 def _run(dest, env_extra, *args):
     env = dict(os.environ, **env_extra)
-    return subprocess.run(["bash", SCRIPT, *args, str(dest)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        ["bash", SCRIPT, *args, str(dest)], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _table(tmp_path, paths, override=None) -> str:
@@ -66,8 +72,10 @@ def _table(tmp_path, paths, override=None) -> str:
 def test_download_extracts_into_catalog_layout_and_is_idempotent(tmp_path, url_style):
     paths = _fake_mirror(tmp_path, "2017")
     base = str(tmp_path / "mirror")
-    env = {"MRCNN_COCO_URL": ("file://" + base) if url_style == "file" else base,
-           "MRCNN_COCO_MD5": _table(tmp_path, paths)}
+    env = {
+        "MRCNN_COCO_URL": ("file://" + base) if url_style == "file" else base,
+        "MRCNN_COCO_MD5": _table(tmp_path, paths),
+    }
     dest = tmp_path / "data"
     r = _run(dest / "coco", env, "--only", "2017")
     assert r.returncode == 0, r.stderr
@@ -93,8 +101,10 @@ def test_download_extracts_into_catalog_layout_and_is_idempotent(tmp_path, url_s
 
 def test_bad_checksum_fails_loudly_and_removes_the_archive(tmp_path):
     paths = _fake_mirror(tmp_path, "2017")
-    env = {"MRCNN_COCO_URL": str(tmp_path / "mirror"),
-           "MRCNN_COCO_MD5": _table(tmp_path, paths, {"val2017.zip": "0" * 32})}
+    env = {
+        "MRCNN_COCO_URL": str(tmp_path / "mirror"),
+        "MRCNN_COCO_MD5": _table(tmp_path, paths, {"val2017.zip": "0" * 32}),
+    }
     dest = tmp_path / "data"
     r = _run(dest, env, "--only", "2017")
     assert r.returncode != 0
@@ -119,8 +129,10 @@ def test_corrupted_archive_fails_its_checksum(tmp_path):
 def test_without_a_known_md5_the_zip_is_tested_with_unzip(tmp_path):
     paths = _fake_mirror(tmp_path, "2014")
     no_md5 = {name: "-" for name in paths}
-    env = {"MRCNN_COCO_URL": str(tmp_path / "mirror"),
-           "MRCNN_COCO_MD5": _table(tmp_path, paths, no_md5)}
+    env = {
+        "MRCNN_COCO_URL": str(tmp_path / "mirror"),
+        "MRCNN_COCO_MD5": _table(tmp_path, paths, no_md5),
+    }
     r = _run(tmp_path / "good", env, "--only", "2014")
     assert r.returncode == 0, r.stderr
     assert "unzip -t" in r.stdout
@@ -154,10 +166,19 @@ def test_rejects_unknown_options(tmp_path):
 
 def test_default_destination_is_the_data_root_coco_folder(tmp_path):
     paths = _fake_mirror(tmp_path, "2017")
-    env = dict(os.environ, MRCNN_COCO_URL=str(tmp_path / "mirror"),
-               MRCNN_COCO_MD5=_table(tmp_path, paths), MRCNN_DATA=str(tmp_path / "root"))
-    r = subprocess.run(["bash", SCRIPT, "--only=2017", "--delete-zips"], env=env,
-                       capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        MRCNN_COCO_URL=str(tmp_path / "mirror"),
+        MRCNN_COCO_MD5=_table(tmp_path, paths),
+        MRCNN_DATA=str(tmp_path / "root"),
+    )
+    r = subprocess.run(
+        ["bash", SCRIPT, "--only=2017", "--delete-zips"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     coco = tmp_path / "root" / "coco"
     assert (coco / "val2017" / "b.jpg").is_file()

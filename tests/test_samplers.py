@@ -39,9 +39,11 @@ def test_resume_at_a_step_continues_the_uninterrupted_sequence():
     for accumulate in (1, 2):
         full = _take(TrainBatchSampler(TrainSchedule(g, 8, 0), 0, accumulate), 40 * accumulate)
         for start in (0, 1, 7, 13, 39):  # 13 crosses an epoch boundary (57 // 8 = 6 per epoch)
-            resumed = _take(TrainBatchSampler(TrainSchedule(g, 8, 0), start, accumulate),
-                            (40 - start) * accumulate)
-            assert resumed == full[start * accumulate:]
+            resumed = _take(
+                TrainBatchSampler(TrainSchedule(g, 8, 0), start, accumulate),
+                (40 - start) * accumulate,
+            )
+            assert resumed == full[start * accumulate :]
 
 
 @pytest.mark.parametrize("accumulate", [1, 2, 4])
@@ -52,8 +54,13 @@ def test_union_over_ranks_and_micro_batches_is_the_single_process_batch(accumula
     for world in (1, 2, 4):
         if 16 % (world * accumulate):
             continue
-        per_rank = [_take(TrainBatchSampler(TrainSchedule(g, 16, 11), 0, accumulate, r, world),
-                          12 * accumulate) for r in range(world)]
+        per_rank = [
+            _take(
+                TrainBatchSampler(TrainSchedule(g, 16, 11), 0, accumulate, r, world),
+                12 * accumulate,
+            )
+            for r in range(world)
+        ]
         for step in range(12):
             union = []
             for micro in range(accumulate):

@@ -20,10 +20,9 @@ from pycocotools.coco import COCO
 from configs import shapes as shapes_config
 from mrcnn.data import shapes
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-SMALL = shapes.ShapesParams(seed=3, num_train=24, num_val=6, image_size=64, num_classes=3,
-                            max_objects=5)
+SMALL = shapes.ShapesParams(
+    seed=3, num_train=24, num_val=6, image_size=64, num_classes=3, max_objects=5
+)
 
 
 def _config(root, **shape_overrides) -> ml_collections.ConfigDict:

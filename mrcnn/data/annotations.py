@@ -15,10 +15,10 @@ What is checked, and what happens (`on_bad` is `data.on_bad_annotation`):
   outside the image, no part with >= 3 points; RLE whose size is not the image's or whose counts
   do not cover it): "fail" -> `AnnotationError` naming the file, image id and annotation id;
   "skip" -> dropped and counted (`bad_annotation`);
-- always dropped and counted, never an error: boxes of zero or negative size, or empty once
-  clipped to the image (`zero_size_box`); polygon parts with fewer than 3 points when the instance
-  has other, valid parts (`degenerate_polygon_part`, they enclose no area); crowd annotations in
-  training (`crowd`, ignored as the seed does).
+- always dropped and counted, never an error: boxes of zero or negative size, thinner than
+  `MIN_BOX_SIDE` or empty once clipped to the image (`zero_size_box`); polygon parts with fewer
+  than 3 points when the instance has other, valid parts (`degenerate_polygon_part`, they enclose
+  no area); crowd annotations in training (`crowd`, ignored as the seed does).
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # away from integer overflow.
 _MAX_OUTSIDE = 1.0
 _LOGGED_PER_KIND = 10
+# Boxes are float32 downstream and get scaled and flipped; a side below this (in original
+# pixels) could round to zero there and make the box coder take log(0).
+MIN_BOX_SIDE = 0.01
 
 
 class AnnotationError(ValueError):
@@ -78,11 +81,14 @@ class ImageRecord:
         """Per instance, its polygon parts as float32 [2k] arrays ([] for RLE instances)."""
         if self.poly_parts is None:
             return [[] for _ in range(len(self))]
-        parts = np.split(self.poly_coords, np.cumsum(self.poly_part_lens)[:-1]) if len(
-            self.poly_part_lens) else []
+        parts = (
+            np.split(self.poly_coords, np.cumsum(self.poly_part_lens)[:-1])
+            if len(self.poly_part_lens)
+            else []
+        )
         out, k = [], 0
         for n in self.poly_parts.tolist():
-            out.append(list(parts[k:k + n]))
+            out.append(list(parts[k : k + n]))
             k += n
         return out
 
@@ -185,14 +191,22 @@ def _check_polygons(seg: list, h: int, w: int, counts: collections.Counter) -> l
     if not seg:
         raise _Bad("segmentation is an empty list")
     parts, degenerate = [], 0
-    lo_x, hi_x, lo_y, hi_y = -_MAX_OUTSIDE * w, (1 + _MAX_OUTSIDE) * w, -_MAX_OUTSIDE * h, (
-        1 + _MAX_OUTSIDE) * h
+    lo_x, hi_x, lo_y, hi_y = (
+        -_MAX_OUTSIDE * w,
+        (1 + _MAX_OUTSIDE) * w,
+        -_MAX_OUTSIDE * h,
+        (1 + _MAX_OUTSIDE) * h,
+    )
     for part in seg:
         arr = _finite_numbers(part, "polygon")
         if arr.size % 2:
             raise _Bad(f"polygon has an odd number of coordinates ({arr.size})")
-        if arr.size and (arr[0::2].min() < lo_x or arr[0::2].max() > hi_x
-                         or arr[1::2].min() < lo_y or arr[1::2].max() > hi_y):
+        if arr.size and (
+            arr[0::2].min() < lo_x
+            or arr[0::2].max() > hi_x
+            or arr[1::2].min() < lo_y
+            or arr[1::2].max() > hi_y
+        ):
             raise _Bad(f"polygon coordinates far outside the {w}x{h} image: {_short(part)}")
         if arr.size < 6:
             degenerate += 1
@@ -249,45 +263,61 @@ class _PolygonChecks:
         lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
         total = int(lens.sum())
         try:
-            coords = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.float64,
-                                 count=total)
+            coords = np.fromiter(
+                itertools.chain.from_iterable(parts), dtype=np.float64, count=total
+            )
         except OverflowError:  # an integer beyond float range somewhere: check one by one
             return [self._one(seg, h, w, counts) for seg, h, w in self.items]
         starts = np.cumsum(lens) - lens
         part_of = np.repeat(np.arange(len(parts)), lens)
         pos = np.arange(total) - np.repeat(starts, lens)
-        item_of_part = np.repeat(np.arange(len(self.items)),
-                                 [len(seg) for seg, _, _ in self.items])
+        item_of_part = np.repeat(np.arange(len(self.items)), [len(seg) for seg, _, _ in self.items])
         hw = np.array([(h, w) for _, h, w in self.items], dtype=np.float64).reshape(-1, 2)
         # Per coordinate: its image's width for x, height for y.
-        size = np.where(pos % 2 == 0, hw[item_of_part[part_of], 1] if total else 0,
-                        hw[item_of_part[part_of], 0] if total else 0)
+        size = np.where(
+            pos % 2 == 0,
+            hw[item_of_part[part_of], 1] if total else 0,
+            hw[item_of_part[part_of], 0] if total else 0,
+        )
         nonfinite = np.bincount(part_of, weights=~np.isfinite(coords), minlength=len(parts))
         with np.errstate(invalid="ignore"):
             outside = (coords < -_MAX_OUTSIDE * size) | (coords > (1 + _MAX_OUTSIDE) * size)
         outside = np.bincount(part_of, weights=outside, minlength=len(parts))
+        bad_part = (lens % 2 == 1) | (nonfinite > 0) | (outside > 0)
+        short = lens < 6
+        with np.errstate(over="ignore"):  # huge values overflow; their parts are bad anyway
+            coords32 = coords.astype(np.float32)
         out: list[list[np.ndarray] | str] = []
         k = 0
         for seg, h, w in self.items:
-            kept, reason, degenerate = [], "", 0
-            for part in seg:
-                n, start = int(lens[k]), int(starts[k])
-                if n % 2 and not reason:
-                    reason = f"polygon has an odd number of coordinates ({n})"
-                elif nonfinite[k] and not reason:
-                    reason = f"polygon has NaN or infinite values: {_short(part)}"
-                elif outside[k] and not reason:
-                    reason = f"polygon coordinates far outside the {w}x{h} image: {_short(part)}"
-                elif n < 6:
-                    degenerate += 1
+            n_parts = len(seg)
+            if not bad_part[k : k + n_parts].any():  # the common case: views, no checks
+                kept = [
+                    coords32[starts[j] : starts[j] + lens[j]]
+                    for j in range(k, k + n_parts)
+                    if not short[j]
+                ]
+                degenerate = n_parts - len(kept)
+                if not kept:
+                    out.append(f"polygon with fewer than 3 points: {_short(seg)}")
                 else:
-                    kept.append(coords[start:start + n].astype(np.float32))
-                k += 1
-            if not reason and not kept:
-                reason = f"polygon with fewer than 3 points: {_short(seg)}"
-            if not reason and degenerate:
-                counts["degenerate_polygon_part"] += degenerate
-            out.append(reason or kept)
+                    if degenerate:
+                        counts["degenerate_polygon_part"] += degenerate
+                    out.append(kept)
+                k += n_parts
+                continue
+            for j, part in enumerate(seg, start=k):
+                if lens[j] % 2:
+                    reason = f"polygon has an odd number of coordinates ({int(lens[j])})"
+                elif nonfinite[j]:
+                    reason = f"polygon has NaN or infinite values: {_short(part)}"
+                elif outside[j]:
+                    reason = f"polygon coordinates far outside the {w}x{h} image: {_short(part)}"
+                else:
+                    continue
+                break
+            out.append(reason)
+            k += n_parts
         return out
 
     @staticmethod
@@ -308,8 +338,10 @@ def _check_image(img: Any) -> tuple[int, str, int, int]:
     if not isinstance(name, str) or not name:
         raise _Bad(f"image {iid} has no file_name")
     if h is None or w is None:
-        raise _Bad(f"image {iid} needs positive integer height and width, got "
-                   f"{img.get('height')!r} x {img.get('width')!r}")
+        raise _Bad(
+            f"image {iid} needs positive integer height and width, got "
+            f"{img.get('height')!r} x {img.get('width')!r}"
+        )
     return iid, name, h, w
 
 
@@ -326,8 +358,7 @@ def _read_json(path: str) -> dict:
     except RecursionError as e:
         raise AnnotationError(f"{path}: JSON nested too deeply") from e
     if not isinstance(data, dict):
-        raise AnnotationError(f"{path}: the top level must be an object, got "
-                              f"{type(data).__name__}")
+        raise AnnotationError(f"{path}: the top level must be an object, got {type(data).__name__}")
     return data
 
 
@@ -411,8 +442,8 @@ def parse_coco_json(
             continue
         image_info[iid] = (name, h, w)
 
-    # One entry per kept instance: [iid, x1, y1, x2, y2, label, cid, segm, where]; polygon
-    # segmentations are an index into `polys` until they are checked in one batch below.
+    # One entry per valid annotation: [iid, aid, x1, y1, x2, y2, label, cid, segm, empty box];
+    # polygon segmentations are an index into `polys` until they are checked in one batch.
     insts: list[list] = []
     polys = _PolygonChecks()
     seen_ann_ids: set[int] = set()
@@ -467,17 +498,17 @@ def parse_coco_json(
             continue
         x1, y1 = max(x, 0.0), max(y, 0.0)
         x2, y2 = min(x + bw, float(w)), min(y + bh, float(h))
-        zero = bw <= 0 or bh <= 0 or x2 <= x1 or y2 <= y1
+        zero = bw <= 0 or bh <= 0 or x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE
         # Kept even when the box is empty: its polygon is still checked before the drop.
-        insts.append([iid, x1, y1, x2, y2, cat_to_label[cid], cid, segm, where, zero])
+        insts.append([iid, aid, x1, y1, x2, y2, cat_to_label[cid], cid, segm, zero])
 
     checked = polys.run(counts) if polys.items else []
     per_image: dict[int, list[tuple]] = collections.defaultdict(list)
-    for iid, x1, y1, x2, y2, label, cid, segm, where, zero in insts:
+    for iid, aid, x1, y1, x2, y2, label, cid, segm, zero in insts:
         if isinstance(segm, int):
             segm = checked[segm]
             if isinstance(segm, str):
-                bad("bad_annotation", where, segm)
+                bad("bad_annotation", f"image {iid!r}, annotation {aid!r}", segm)
                 continue
         if zero:
             counts["zero_size_box"] += 1
@@ -494,8 +525,9 @@ def parse_coco_json(
     return ParsedAnnotations(records, categories, counts)
 
 
-def _make_record(iid: int, name: str, h: int, w: int, insts: list[tuple],
-                 with_masks: bool) -> ImageRecord:
+def _make_record(
+    iid: int, name: str, h: int, w: int, insts: list[tuple], with_masks: bool
+) -> ImageRecord:
     n = len(insts)
     boxes = np.array([i[:4] for i in insts], dtype=np.float32).reshape(n, 4)
     labels = np.array([i[4] for i in insts], dtype=np.int64)

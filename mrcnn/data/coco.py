@@ -43,8 +43,11 @@ def read_checked_image(path: str, height: int, width: int) -> torch.Tensor:
     raw = load_image(path, apply_exif=False)
     if tuple(raw.shape[-2:]) == (height, width):
         return raw
-    raise ImageError(path, f"decoded size {tuple(image.shape[-2:])} (h, w) does not match the "
-                           f"annotation's ({height}, {width})")
+    raise ImageError(
+        path,
+        f"decoded size {tuple(image.shape[-2:])} (h, w) does not match the "
+        f"annotation's ({height}, {width})",
+    )
 
 
 def record_to_targets(rec: ann_lib.ImageRecord, info: T.ScaleInfo, with_masks: bool) -> Targets:
@@ -109,8 +112,13 @@ class CocoTrainDataset(torch.utils.data.Dataset):
         self.img_dir, self.ann_file = img_dir, ann_file
         self.input_cfg = input_cfg
         self.on_bad_image, self.with_masks = on_bad_image, with_masks
-        parsed = ann_lib.parse_coco_json(ann_file, on_bad=on_bad_annotation, training=True,
-                                         with_masks=with_masks, ids_as_labels=ids_as_labels)
+        parsed = ann_lib.parse_coco_json(
+            ann_file,
+            on_bad=on_bad_annotation,
+            training=True,
+            with_masks=with_masks,
+            ids_as_labels=ids_as_labels,
+        )
         records = parsed.records
         counts = dict(parsed.counts)
         if filter_empty:
@@ -166,11 +174,15 @@ class CocoTrainDataset(torch.utils.data.Dataset):
                 continue
             x, info = T.preprocess(image, self.input_cfg, train=True, rng=rng)
             target = record_to_targets(rec, info, self.with_masks)
-            image_info = ImageInfo(rec.image_id, rec.file_name, info.orig_size, info.size,
-                                   info.flipped)
+            image_info = ImageInfo(
+                rec.image_id, rec.file_name, info.orig_size, info.size, info.flipped
+            )
             return {"image": x, "info": image_info, "target": target, "skipped": skipped}
-        raise ImageError(skipped[-1], f"{MAX_CONSECUTIVE_BAD_IMAGES} training images in a row "
-                                      f"could not be read (is {self.img_dir} complete?)")
+        raise ImageError(
+            skipped[-1],
+            f"{MAX_CONSECUTIVE_BAD_IMAGES} training images in a row "
+            f"could not be read (is {self.img_dir} complete?)",
+        )
 
 
 class CocoTestDataset(torch.utils.data.Dataset):
@@ -197,15 +209,21 @@ class CocoTestDataset(torch.utils.data.Dataset):
     ):
         self.img_dir, self.ann_file = img_dir, ann_file
         self.input_cfg, self.on_bad_image = input_cfg, on_bad_image
-        parsed = ann_lib.parse_coco_json(ann_file, on_bad=on_bad_annotation, training=False,
-                                         with_masks=with_masks, ids_as_labels=ids_as_labels)
+        parsed = ann_lib.parse_coco_json(
+            ann_file,
+            on_bad=on_bad_annotation,
+            training=False,
+            with_masks=with_masks,
+            ids_as_labels=ids_as_labels,
+        )
         records = parsed.records[:num_images] if num_images and num_images > 0 else parsed.records
         self.meta: DatasetMeta = meta_from_categories(parsed.categories, ids_as_labels)
         self.bad_counts: dict[str, int] = dict(parsed.counts)
         self.bad_counts.setdefault("bad_image", 0)
         self.image_ids: list[int] = [r.image_id for r in records]
-        self._records = SerializedList((r.image_id, r.file_name, r.height, r.width)
-                                       for r in records)
+        self._records = SerializedList(
+            (r.image_id, r.file_name, r.height, r.width) for r in records
+        )
 
     def __len__(self) -> int:
         return len(self._records)
@@ -221,5 +239,8 @@ class CocoTestDataset(torch.utils.data.Dataset):
             log.warning("skipping unreadable test image (%s)", e)
             return {"image": None, "info": None, "skipped": [path]}
         x, info = T.preprocess(image, self.input_cfg, train=False)
-        return {"image": x, "info": ImageInfo(image_id, file_name, info.orig_size, info.size),
-                "skipped": []}
+        return {
+            "image": x,
+            "info": ImageInfo(image_id, file_name, info.orig_size, info.size),
+            "skipped": [],
+        }

@@ -50,8 +50,9 @@ def collate_train(samples: list[dict[str, Any]], size_divisibility: int) -> tupl
     return batch, [f for s in samples for f in s["skipped"]]
 
 
-def collate_test(samples: list[dict[str, Any] | None], size_divisibility: int
-                 ) -> tuple[Batch, list]:
+def collate_test(
+    samples: list[dict[str, Any] | None], size_divisibility: int
+) -> tuple[Batch, list]:
     """Test samples -> (Batch without targets, skipped files); unreadable images (None when
     `data.on_bad_image` is skip) are left out of the batch."""
     good = [s for s in samples if s is not None and s.get("image") is not None]

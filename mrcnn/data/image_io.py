@@ -23,8 +23,9 @@ def _wide_to_uint8(img: Image.Image) -> np.ndarray:
     a = np.asarray(img)
     if a.dtype.kind == "f":
         a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
-        return np.repeat(np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8)[..., None],
-                         3, axis=2)
+        return np.repeat(
+            np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8)[..., None], 3, axis=2
+        )
     a = a.astype(np.int64)
     # Mode "I" also holds 8-bit data that PIL widened; only rescale what exceeds 8 bits.
     if a.size and (img.mode != "I" or a.max() > 255):

@@ -59,8 +59,14 @@ class TrainLoader:
     schedule (TrainSchedule), iters_per_epoch (optimizer steps per epoch), micro_batch_size.
     """
 
-    def __init__(self, loader: DataLoader, dataset: CocoTrainDataset, schedule: TrainSchedule,
-                 iters_per_epoch: int, micro_batch_size: int):
+    def __init__(
+        self,
+        loader: DataLoader,
+        dataset: CocoTrainDataset,
+        schedule: TrainSchedule,
+        iters_per_epoch: int,
+        micro_batch_size: int,
+    ):
         self.loader, self.dataset, self.schedule = loader, dataset, schedule
         self.iters_per_epoch, self.micro_batch_size = iters_per_epoch, micro_batch_size
         self._it: Iterator | None = None
@@ -74,7 +80,8 @@ class TrainLoader:
         batch, skipped = next(self._it)
         if skipped:
             self.dataset.bad_counts["bad_image"] = self.dataset.bad_counts.get(
-                "bad_image", 0) + len(skipped)
+                "bad_image", 0
+            ) + len(skipped)
         return batch
 
     @property
@@ -108,8 +115,9 @@ def build_train_loader(
         with_masks=config.model.mask_on,
     )
     _check_num_classes(config, dataset.meta, ann_file)
-    groups = dataset.group_ids if config.data.aspect_ratio_grouping else np.zeros(len(dataset),
-                                                                                  np.int64)
+    groups = (
+        dataset.group_ids if config.data.aspect_ratio_grouping else np.zeros(len(dataset), np.int64)
+    )
     schedule = TrainSchedule(groups, s.ims_per_batch, config.seed)
     sampler = TrainBatchSampler(schedule, start_iter, s.accumulate_steps, rank, world_size)
     workers = int(config.data.num_workers)
@@ -117,18 +125,26 @@ def build_train_loader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=functools.partial(collate_train,
-                                     size_divisibility=config.input.size_divisibility),
+        collate_fn=functools.partial(
+            collate_train, size_divisibility=config.input.size_divisibility
+        ),
         pin_memory=_pin(config),
-        persistent_workers=workers > 0,
+        # No persistent_workers: the sampler is infinite, so iter() runs once; without them,
+        # dropping the iterator (close()) stops the workers.
         # Its own generator: creating the iterator must not draw from the global RNG, or a
         # resumed run (which restores that RNG) would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(int(config.seed) + rank),
     )
     per_rank = s.ims_per_batch // (world_size * s.accumulate_steps)
-    log.info("train data: %s, %d images, %d instances, %d per micro-batch on this rank, "
-             "dropped at load: %s", ann_file, len(dataset), dataset.num_instances, per_rank,
-             {k: v for k, v in dataset.bad_counts.items() if v})
+    log.info(
+        "train data: %s, %d images, %d instances, %d per micro-batch on this rank, "
+        "dropped at load: %s",
+        ann_file,
+        len(dataset),
+        dataset.num_instances,
+        per_rank,
+        {k: v for k, v in dataset.bad_counts.items() if v},
+    )
     return TrainLoader(loader, dataset, schedule, iters_per_epoch(config, len(dataset)), per_rank)
 
 
@@ -149,7 +165,8 @@ class TestLoader:
         for batch, skipped in self.loader:
             if skipped:
                 self.dataset.bad_counts["bad_image"] = self.dataset.bad_counts.get(
-                    "bad_image", 0) + len(skipped)
+                    "bad_image", 0
+                ) + len(skipped)
             if len(batch.infos):
                 yield batch
 
@@ -167,8 +184,9 @@ def build_test_loader(
     exposes `ann_file` (for pycocotools), `image_ids` (the images evaluated: the first
     `eval.num_images` when > 0) and `meta`.
     """
-    dataset_cfg = resolve_dataset_cfg(config, dataset_cfg if dataset_cfg is not None
-                                      else config.data.val)
+    dataset_cfg = resolve_dataset_cfg(
+        config, dataset_cfg if dataset_cfg is not None else config.data.val
+    )
     img_dir, ann_file = catalog.require_dataset(config, dataset_cfg)
     dataset = CocoTestDataset(
         img_dir,
@@ -186,8 +204,12 @@ def build_test_loader(
         batch_size=int(config.test.ims_per_batch),
         shuffle=False,
         num_workers=int(config.data.num_workers),
-        collate_fn=functools.partial(collate_test,
-                                     size_divisibility=config.input.size_divisibility),
+        collate_fn=functools.partial(
+            collate_test, size_divisibility=config.input.size_divisibility
+        ),
         pin_memory=_pin(config),
+        # Creating an iterator draws a worker seed; from its own generator, an evaluation in
+        # the middle of training leaves the global RNG (saved in checkpoints) untouched.
+        generator=torch.Generator().manual_seed(0),
     )
     return TestLoader(loader, dataset, shard), dataset

@@ -42,8 +42,7 @@ class DatasetMeta:
         if self.ids_as_labels:
             return label if not isinstance(label, (int, np.integer)) else int(label)
         if isinstance(label, torch.Tensor):
-            table = torch.tensor((-1,) + self.category_ids, dtype=torch.int64,
-                                 device=label.device)
+            table = torch.tensor((-1,) + self.category_ids, dtype=torch.int64, device=label.device)
             return table[label.long()]
         if isinstance(label, np.ndarray):
             return np.asarray((-1,) + self.category_ids, dtype=np.int64)[label]
@@ -69,8 +68,9 @@ class DatasetMeta:
 
 def meta_from_categories(categories: list[tuple[int, str]], ids_as_labels: bool) -> DatasetMeta:
     categories = sorted(categories)
-    return DatasetMeta(tuple(c for c, _ in categories), tuple(n for _, n in categories),
-                       bool(ids_as_labels))
+    return DatasetMeta(
+        tuple(c for c, _ in categories), tuple(n for _, n in categories), bool(ids_as_labels)
+    )
 
 
 def coco_meta(ids_as_labels: bool = False) -> DatasetMeta:

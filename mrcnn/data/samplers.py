@@ -49,8 +49,9 @@ class TrainSchedule:
         whole = sum(len(g) // self.batch_size for g in self._groups)
         # Too few images for one single-group batch: mix groups and repeat images.
         self._mixed = whole == 0
-        self.batches_per_epoch = (max(1, self.num_images // self.batch_size) if self._mixed
-                                  else whole)
+        self.batches_per_epoch = (
+            max(1, self.num_images // self.batch_size) if self._mixed else whole
+        )
         self._cached_epoch = -1
         self._cached: np.ndarray | None = None
 
@@ -128,8 +129,9 @@ class TrainBatchSampler(Sampler):
         self.rank, self.world_size = int(rank), int(world_size)
 
     def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
-        sl = micro_batch_slice(self.schedule.batch_size, self.accumulate_steps, self.world_size,
-                               micro, self.rank)
+        sl = micro_batch_slice(
+            self.schedule.batch_size, self.accumulate_steps, self.world_size, micro, self.rank
+        )
         idx = self.schedule.step_images(step)[sl].tolist()
         seeds = self.schedule.step_seeds(step)[sl].tolist()
         return list(zip(idx, seeds))

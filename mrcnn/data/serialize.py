@@ -21,8 +21,9 @@ class SerializedList:
     def __init__(self, items: Iterable[Any]):
         blobs = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL) for x in items]
         self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
-        self._data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(
-            0, np.uint8)
+        self._data = (
+            np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, np.uint8)
+        )
 
     def __len__(self) -> int:
         return int(self._ends.shape[0])
@@ -33,7 +34,7 @@ class SerializedList:
             raise IndexError(f"index {i} out of range for {n} items")
         i %= n
         start = int(self._ends[i - 1]) if i > 0 else 0
-        return pickle.loads(memoryview(self._data[start:int(self._ends[i])]))
+        return pickle.loads(memoryview(self._data[start : int(self._ends[i])]))
 
     @property
     def nbytes(self) -> int:

@@ -52,8 +52,10 @@ class ShapesParams:
 
     def __post_init__(self):
         if not 1 <= self.num_classes <= len(SHAPE_NAMES):
-            raise ValueError(f"data.shapes.num_classes={self.num_classes}: must be in "
-                             f"1..{len(SHAPE_NAMES)} ({', '.join(SHAPE_NAMES)})")
+            raise ValueError(
+                f"data.shapes.num_classes={self.num_classes}: must be in "
+                f"1..{len(SHAPE_NAMES)} ({', '.join(SHAPE_NAMES)})"
+            )
         if self.max_objects < 1:
             raise ValueError(f"data.shapes.max_objects={self.max_objects}: must be >= 1")
         if self.image_size < 16:
@@ -65,8 +67,10 @@ class ShapesParams:
 
     def key(self) -> str:
         """Folder name: every parameter that changes the files, so a change regenerates."""
-        return (f"v{GENERATOR_VERSION}_seed{self.seed}_n{self.num_train}-{self.num_val}"
-                f"_px{self.image_size}_c{self.num_classes}_o{self.max_objects}_{self.image_format}")
+        return (
+            f"v{GENERATOR_VERSION}_seed{self.seed}_n{self.num_train}-{self.num_val}"
+            f"_px{self.image_size}_c{self.num_classes}_o{self.max_objects}_{self.image_format}"
+        )
 
     def num_images(self, split: str) -> int:
         return self.num_train if split == "train" else self.num_val
@@ -75,12 +79,19 @@ class ShapesParams:
 def params_from_config(config: ml_collections.ConfigDict) -> ShapesParams:
     s = config.data.shapes
     fmt = s.get("image_format", "jpg") if hasattr(s, "get") else "jpg"
-    return ShapesParams(int(s.seed), int(s.num_train), int(s.num_val), int(s.image_size),
-                        int(s.num_classes), int(s.max_objects), fmt)
+    return ShapesParams(
+        int(s.seed),
+        int(s.num_train),
+        int(s.num_val),
+        int(s.image_size),
+        int(s.num_classes),
+        int(s.max_objects),
+        fmt,
+    )
 
 
 def split_of(name: str) -> str:
-    """"shapes_train" -> "train", "shapes_val" -> "val"."""
+    """ "shapes_train" -> "train", "shapes_val" -> "val"."""
     if name.endswith("train"):
         return "train"
     if name.endswith("val"):
@@ -100,8 +111,9 @@ def split_paths(params: ShapesParams, split: str, root: str) -> tuple[str, str]:
 
 def categories(num_classes: int) -> list[dict]:
     """COCO categories: ids 1..num_classes in SHAPE_NAMES order."""
-    return [{"id": i + 1, "name": SHAPE_NAMES[i], "supercategory": "shape"}
-            for i in range(num_classes)]
+    return [
+        {"id": i + 1, "name": SHAPE_NAMES[i], "supercategory": "shape"} for i in range(num_classes)
+    ]
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -203,13 +215,15 @@ def render(params: ShapesParams, split: str, index: int) -> Rendered:
             segmentation = [poly.tolist()]
         else:
             segmentation = {"size": [s, s], "counts": rle["counts"].decode("ascii")}
-        anns.append({
-            "category_id": cls + 1,
-            "segmentation": segmentation,
-            "bbox": [float(v) for v in mask_util.toBbox(rle)],
-            "area": seen,
-            "iscrowd": 0,
-        })
+        anns.append(
+            {
+                "category_id": cls + 1,
+                "segmentation": segmentation,
+                "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                "area": seen,
+                "iscrowd": 0,
+            }
+        )
         visible.append(vis)
     anns.reverse()  # drawing order
     visible.reverse()
@@ -236,13 +250,23 @@ def write_split(params: ShapesParams, split: str, out_dir: str) -> dict:
         with open(os.path.join(img_dir, file_name), "wb") as f:
             f.write(_encode(r.image, params.image_format))
         image_id = index + 1
-        images.append({"id": image_id, "file_name": file_name, "height": params.image_size,
-                       "width": params.image_size})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": params.image_size,
+                "width": params.image_size,
+            }
+        )
         for a in r.annotations:
             anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
     return {
-        "info": {"description": "mrcnn synthetic shapes", "version": GENERATOR_VERSION,
-                 "split": split, "params": dataclasses.asdict(params)},
+        "info": {
+            "description": "mrcnn synthetic shapes",
+            "version": GENERATOR_VERSION,
+            "split": split,
+            "params": dataclasses.asdict(params),
+        },
         "licenses": [],
         "images": images,
         "annotations": anns,
@@ -279,16 +303,25 @@ def _file_lock(path: str):
 
 
 def _complete(final: str) -> bool:
-    return all(os.path.isfile(os.path.join(final, p)) for p in (
-        "params.json", "annotations/instances_train.json", "annotations/instances_val.json"))
+    return all(
+        os.path.isfile(os.path.join(final, p))
+        for p in (
+            "params.json",
+            "annotations/instances_train.json",
+            "annotations/instances_val.json",
+        )
+    )
 
 
 def _dataset_cfgs(params: ShapesParams, root: str) -> tuple[ml_collections.ConfigDict, ...]:
     out = []
     for split in ("train", "val"):
         img_dir, ann_file = split_paths(params, split, root)
-        out.append(ml_collections.ConfigDict(
-            {"name": f"shapes_{split}", "img_dir": img_dir, "ann_file": ann_file}))
+        out.append(
+            ml_collections.ConfigDict(
+                {"name": f"shapes_{split}", "img_dir": img_dir, "ann_file": ann_file}
+            )
+        )
     return tuple(out)
 
 
@@ -320,8 +353,12 @@ def ensure_shapes_dataset(
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         tmp = os.path.join(parent, f"{prefix}{os.getpid()}")
         t0 = time.perf_counter()
-        log.info("generating the shapes dataset (%d train + %d val images) in %s",
-                 params.num_train, params.num_val, final)
+        log.info(
+            "generating the shapes dataset (%d train + %d val images) in %s",
+            params.num_train,
+            params.num_val,
+            final,
+        )
         try:
             generate(params, tmp)
             if os.path.isdir(final) and not _complete(final):  # damaged by hand: replace it

@@ -74,10 +74,12 @@ def resize_image(image: Tensor, min_size: float, max_size: float) -> tuple[Tenso
 
 def resize_boxes(boxes: Tensor, orig_size: Sequence[int], new_size: Sequence[int]) -> Tensor:
     """[N, 4] xyxy scaled by new / old size per axis, with float32 ratios like torchvision."""
-    rh = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(orig_size[0],
-                                                                       dtype=torch.float32)
-    rw = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(orig_size[1],
-                                                                       dtype=torch.float32)
+    rh = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(
+        orig_size[0], dtype=torch.float32
+    )
+    rw = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(
+        orig_size[1], dtype=torch.float32
+    )
     x1, y1, x2, y2 = boxes.unbind(1)
     return torch.stack((x1 * rw, y1 * rh, x2 * rw, y2 * rh), dim=1)
 
@@ -90,10 +92,12 @@ def flip_boxes(boxes: Tensor, width: int) -> Tensor:
 
 def resize_polygon(poly: Tensor, orig_size: Sequence[int], new_size: Sequence[int]) -> Tensor:
     """[2k] (x0, y0, x1, y1, ...) scaled like boxes."""
-    rh = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(orig_size[0],
-                                                                       dtype=torch.float32)
-    rw = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(orig_size[1],
-                                                                       dtype=torch.float32)
+    rh = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(
+        orig_size[0], dtype=torch.float32
+    )
+    rw = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(
+        orig_size[1], dtype=torch.float32
+    )
     out = poly.clone()
     out[0::2] *= rw
     out[1::2] *= rh
@@ -111,8 +115,9 @@ def resize_bitmasks(masks: Tensor, new_size: Sequence[int]) -> Tensor:
     """uint8 [N, H, W] -> uint8 [N, h, w], nearest (torchvision's mask resize)."""
     if masks.shape[0] == 0:
         return masks.new_zeros((0, int(new_size[0]), int(new_size[1])))
-    return F.interpolate(masks[:, None], size=(int(new_size[0]), int(new_size[1])),
-                         mode="nearest")[:, 0]
+    return F.interpolate(masks[:, None], size=(int(new_size[0]), int(new_size[1])), mode="nearest")[
+        :, 0
+    ]
 
 
 def preprocess(

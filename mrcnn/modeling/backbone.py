@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mrcnn.modeling.norm import ConvNorm, FrozenBatchNorm2d, make_norm
+from mrcnn.modeling.norm import ConvNorm, make_norm
 
 # depth -> (block type, blocks per stage res2..res5)
 _SPECS = {
@@ -56,7 +56,8 @@ class BasicBlock(nn.Module):
         y = F.relu_(self.norm1(self.conv1(x)))
         y = self.norm2(self.conv2(y))
         identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(y + identity)
+        # y is this block's own fresh tensor and no norm's backward needs its output.
+        return F.relu_(y.add_(identity))
 
 
 class Bottleneck(nn.Module):
@@ -90,7 +91,8 @@ class Bottleneck(nn.Module):
         y = F.relu_(self.norm2(self.conv2(y)))
         y = self.norm3(self.conv3(y))
         identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(y + identity)
+        # y is this block's own fresh tensor and no norm's backward needs its output.
+        return F.relu_(y.add_(identity))
 
 
 def make_stage(
@@ -210,7 +212,3 @@ def freeze(module: nn.Module, frozen: bool = True) -> None:
     if frozen:
         for p in module.parameters():
             p.requires_grad_(False)
-
-
-def is_frozen_norm(m: nn.Module) -> bool:
-    return isinstance(m, FrozenBatchNorm2d)

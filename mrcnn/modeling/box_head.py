@@ -27,7 +27,7 @@ class MLPHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
         for fc in self.fc:
-            x = F.relu(fc(x))
+            x = F.relu_(fc(x))
         return x
 
 

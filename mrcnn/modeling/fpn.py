@@ -48,7 +48,7 @@ class FPN(nn.Module):
         for i in range(len(feats) - 2, -1, -1):
             lateral = self.lateral[i](feats[i])
             top_down = F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
-            last = lateral + top_down
+            last = lateral.add_(top_down)  # the lateral conv's fresh output
             outs.insert(0, self.output[i](last))
         outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2, padding=0))
         return outs

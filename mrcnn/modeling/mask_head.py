@@ -50,7 +50,7 @@ class MaskPredictor(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.logits(F.relu(self.deconv(x)))
+        return self.logits(F.relu_(self.deconv(x)))
 
 
 def select_class_masks(mask_logits: Tensor, labels: Tensor) -> Tensor:

@@ -37,12 +37,15 @@ class FrozenBatchNorm2d(nn.Module):
     x: [N, C, H, W] any float dtype (the buffers are cast to it). Loading a state dict that holds
     BatchNorm keys (`running_mean`, `running_var`) folds them with `eps` (BatchNorm's 1e-5), so a
     checkpoint of a BN model loads into a FrozenBN model.
+    inplace=True overwrites x (the model's norms follow a conv whose output nothing else reads):
+    same values, half the memory traffic of `x * w + b`, which matters on a CPU.
     """
 
-    def __init__(self, num_features: int, eps: float = BN_EPS):
+    def __init__(self, num_features: int, eps: float = BN_EPS, inplace: bool = False):
         super().__init__()
         self.num_features = num_features
         self.eps = eps
+        self.inplace = inplace
         self.register_buffer("weight", torch.ones(num_features))
         self.register_buffer("bias", torch.zeros(num_features))
 
@@ -63,6 +66,8 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.to(x.dtype).reshape(1, -1, 1, 1)
         b = self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        if self.inplace:
+            return x.mul_(w).add_(b)
         return x * w + b
 
     def extra_repr(self) -> str:
@@ -70,11 +75,14 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 def make_norm(name: str, channels: int, gn_groups: int = 32) -> nn.Module | None:
-    """The normalization layer called `name` for `channels` channels; None for ""."""
+    """The normalization layer called `name` for `channels` channels; None for "".
+
+    Meant to follow a conv: a FrozenBN is built in-place (it overwrites the conv's output).
+    """
     if name == "":
         return None
     if name == "FrozenBN":
-        return FrozenBatchNorm2d(channels)
+        return FrozenBatchNorm2d(channels, inplace=True)
     if name == "BN":
         return nn.BatchNorm2d(channels)
     if name == "SyncBN":

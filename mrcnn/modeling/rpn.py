@@ -39,7 +39,7 @@ class RPNHead(nn.Module):
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
         for f in feats:
-            t = F.relu(self.conv(f))
+            t = F.relu_(self.conv(f))
             logits.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
         return logits, deltas

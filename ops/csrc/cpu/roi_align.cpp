@@ -1,14 +1,16 @@
 // CPU RoIAlign forward and backward.
 //
-// Two memory layouts, chosen per call:
-//  - NCHW (few samples, or few channels): torchvision's loop, parallel over RoIs; the bilinear
+// Two strategies, chosen per call:
+//  - planar (few samples, or few channels): torchvision's loops on the NCHW planes; the bilinear
 //    corners and weights of a RoI are computed once and reused for every channel.
-//  - NHWC (many samples and channels, e.g. 1000 RoIs on a 256-channel FPN level): the map is
-//    made channels-last once, so each sample reads four contiguous C-vectors and the channel loop
-//    vectorises. Converting costs one pass over the map, paid back many times over.
-// The backward pass parallelises over channels (each thread owns a slice of the gradient, so no
-// atomics or locks) and adds contributions in the order torchvision's serial kernel does: for a
-// given input element the float32 result is bit for bit torchvision's.
+//  - sliced (many samples and channels, e.g. 1000 RoIs on a 256-channel FPN level): the channels
+//    are cut into slices of 16-64; a task copies its slice of the map pixel-major (channels
+//    last) into a private buffer, so each sample reads four short contiguous channel vectors and
+//    the channel loop vectorises. The copy is one pass over the map, paid back many times over;
+//    a channels-last input is read in place.
+// Forward tasks are RoIs (planar) or channel slices (sliced); backward tasks are always channel
+// slices, so each thread owns part of the gradient (no atomics) and adds contributions in the
+// order torchvision's serial kernel does: float32 gradients are bit for bit torchvision's.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -16,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../common.h"
@@ -25,8 +28,8 @@ namespace mrcnn {
 namespace {
 
 // Precomputed sample: four corner offsets in the H*W plane and their weights. p1 < 0 marks a
-// sample outside the plane (backward skips it; forward reads offset 0 with weight 0 as
-// torchvision does).
+// sample outside the plane (backward skips it; forward reads offset 0 with weight 0, as
+// torchvision does, so that even a non-finite value there propagates the same way).
 template <typename acc_t>
 struct Sample {
   int32_t p1, p2, p3, p4;
@@ -86,13 +89,114 @@ at::Tensor rois_as(const at::Tensor& rois, int64_t batch) {
   return r;
 }
 
-// NHWC pays off when the samples touch the map several times over, and the channel loop is
-// long enough to vectorise.
-bool prefer_channels_last(int64_t channels, int64_t plane_elements, int64_t total_samples,
-                          bool already_channels_last) {
+// The sliced strategy pays off when the samples touch the map several times over and the channel
+// loop is long enough to vectorise.
+bool prefer_sliced(int64_t channels, int64_t plane_elements, int64_t total_samples,
+                   bool channels_last) {
   if (channels < 8) return false;
-  if (already_channels_last) return true;
+  if (channels_last) return true;
   return total_samples * 4 >= plane_elements;
+}
+
+// Channel slice width: about two slices per thread (a late thread then costs little), a multiple
+// of 8 between 16 and 64 (long enough vector loops), and a private buffer of at most ~32 MiB.
+int64_t slice_width(int64_t channels, int64_t pixels, int64_t elem_size) {
+  const int64_t threads = at::get_num_threads();
+  int64_t w = (channels + 2 * threads - 1) / (2 * threads);
+  w = std::min<int64_t>(64, std::max<int64_t>(16, (w + 7) / 8 * 8));
+  const int64_t cap = (int64_t(32) << 20) / std::max<int64_t>(1, pixels * elem_size);
+  w = std::min(w, std::max<int64_t>(8, cap / 8 * 8));
+  return std::min(w, channels);
+}
+
+template <typename acc_t>
+struct Problem {
+  const acc_t* rois;
+  int64_t k_rois, n_batch, channels, height, width;
+  acc_t scale;
+  int ph, pw, sr;
+  bool aligned;
+  RoiGeometry<acc_t> geometry(int64_t r) const {
+    return geometry_of(rois, r, scale, ph, pw, sr, aligned);
+  }
+  int64_t bins() const { return int64_t(ph) * pw; }
+  int64_t total_samples() const {
+    int64_t t = 0;
+    for (int64_t r = 0; r < k_rois; ++r) t += samples_of(geometry(r), ph, pw);
+    return t;
+  }
+};
+
+template <typename acc_t>
+int64_t per_bin_of(const RoiGeometry<acc_t>& g) {
+  return int64_t(std::max(g.grid_h, 0)) * std::max(g.grid_w, 0);
+}
+
+// Copies channels [c0, c0 + cw) of an NCHW map into buf as [N, H*W, cw], in blocks of pixels
+// so that both sides stay in cache.
+template <typename scalar_t, typename acc_t>
+void slice_to_buffer(const scalar_t* in, int64_t n_batch, int64_t channels, int64_t hw,
+                     int64_t c0, int64_t cw, acc_t* buf) {
+  constexpr int64_t kPix = 64;
+  for (int64_t n = 0; n < n_batch; ++n) {
+    for (int64_t p0 = 0; p0 < hw; p0 += kPix) {
+      const int64_t p1 = std::min(hw, p0 + kPix);
+      for (int64_t c = 0; c < cw; ++c) {
+        const scalar_t* src = in + (n * channels + c0 + c) * hw;
+        acc_t* dst = buf + n * hw * cw + c;
+        for (int64_t p = p0; p < p1; ++p) dst[p * cw] = acc_t(src[p]);
+      }
+    }
+  }
+}
+
+// The inverse: buf [N, H*W, cw] into channels [c0, c0 + cw) of an NCHW map.
+template <typename scalar_t, typename acc_t>
+void buffer_to_slice(const acc_t* buf, int64_t n_batch, int64_t channels, int64_t hw, int64_t c0,
+                     int64_t cw, scalar_t* out) {
+  constexpr int64_t kPix = 64;
+  for (int64_t n = 0; n < n_batch; ++n) {
+    for (int64_t p0 = 0; p0 < hw; p0 += kPix) {
+      const int64_t p1 = std::min(hw, p0 + kPix);
+      for (int64_t c = 0; c < cw; ++c) {
+        const acc_t* src = buf + n * hw * cw + c;
+        scalar_t* dst = out + (n * channels + c0 + c) * hw;
+        for (int64_t p = p0; p < p1; ++p) dst[p] = static_cast<scalar_t>(src[p * cw]);
+      }
+    }
+  }
+}
+
+// Forward of all RoIs for one channel slice whose values sit at base[(n*HW + p) * ps + c].
+template <typename scalar_t, typename acc_t, typename V>
+void forward_slice(const Problem<acc_t>& pb, const V* base, int64_t ps, int64_t c0, int64_t cw,
+                   scalar_t* out) {
+  const int64_t hw = pb.height * pb.width, bins = pb.bins();
+  std::vector<Sample<acc_t>> pcs;
+  std::vector<acc_t> acc(cw);
+  for (int64_t r = 0; r < pb.k_rois; ++r) {
+    const RoiGeometry<acc_t> g = pb.geometry(r);
+    precalc(g, pb.ph, pb.pw, pb.height, pb.width, pcs);
+    const int64_t per_bin = per_bin_of(g);
+    const V* img = base + g.batch * hw * ps;
+    const Sample<acc_t>* pc = pcs.data();
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t s = 0; s < per_bin; ++s, ++pc) {
+        const V* v1 = img + int64_t(pc->p1 < 0 ? 0 : pc->p1) * ps;
+        const V* v2 = img + int64_t(pc->p2) * ps;
+        const V* v3 = img + int64_t(pc->p3) * ps;
+        const V* v4 = img + int64_t(pc->p4) * ps;
+        const acc_t w1 = pc->w1, w2 = pc->w2, w3 = pc->w3, w4 = pc->w4;
+        for (int64_t c = 0; c < cw; ++c) {
+          acc[c] += w1 * acc_t(v1[c]) + w2 * acc_t(v2[c]) + w3 * acc_t(v3[c]) +
+                    w4 * acc_t(v4[c]);
+        }
+      }
+      scalar_t* o = out + (r * pb.channels + c0) * bins + bin;
+      for (int64_t c = 0; c < cw; ++c) o[c * bins] = static_cast<scalar_t>(acc[c] / g.count);
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -100,48 +204,30 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois_in, at::Tensor
                   double spatial_scale, int ph, int pw, int sr, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n_batch = input.size(0), channels = input.size(1);
-  const int64_t height = input.size(2), width = input.size(3);
-  const int64_t k_rois = rois_in.size(0);
+  const int64_t height = input.size(2), width = input.size(3), hw = height * width;
   const at::Tensor rois = rois_as<acc_t>(rois_in, n_batch);
-  const acc_t* rp = rois.data_ptr<acc_t>();
-  const acc_t scale = static_cast<acc_t>(spatial_scale);
-  int64_t total = 0;
-  for (int64_t r = 0; r < k_rois; ++r) {
-    total += samples_of(geometry_of(rp, r, scale, ph, pw, sr, aligned), ph, pw);
-  }
+  const Problem<acc_t> pb{rois.data_ptr<acc_t>(), rois.size(0), n_batch, channels, height, width,
+                          static_cast<acc_t>(spatial_scale), ph, pw, sr, aligned};
   scalar_t* out = output.data_ptr<scalar_t>();
-  const int64_t bins = int64_t(ph) * pw;
-
-  const bool is_cl =
+  const int64_t bins = pb.bins();
+  const bool channels_last =
       input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
-  if (prefer_channels_last(channels, n_batch * height * width, total, is_cl)) {
-    const at::Tensor in = input.contiguous(at::MemoryFormat::ChannelsLast);
+
+  if (prefer_sliced(channels, n_batch * hw, pb.total_samples(), channels_last)) {
+    const int64_t cw = slice_width(channels, n_batch * hw, sizeof(acc_t));
+    const int64_t slices = (channels + cw - 1) / cw;
+    const at::Tensor in = channels_last ? input : input.contiguous();
     const scalar_t* ip = in.data_ptr<scalar_t>();
-    dynamic_parallel_for(0, k_rois, 4, [&](int64_t r0, int64_t r1) {
-      std::vector<Sample<acc_t>> pcs;
-      std::vector<acc_t> acc(channels);
-      for (int64_t r = r0; r < r1; ++r) {
-        const RoiGeometry<acc_t> g = geometry_of(rp, r, scale, ph, pw, sr, aligned);
-        precalc(g, ph, pw, height, width, pcs);
-        const int64_t per_bin = int64_t(std::max(g.grid_h, 0)) * std::max(g.grid_w, 0);
-        const scalar_t* base = ip + g.batch * height * width * channels;
-        scalar_t* o = out + r * channels * bins;
-        for (int64_t bin = 0; bin < bins; ++bin) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t s = 0; s < per_bin; ++s) {
-            const Sample<acc_t>& pc = pcs[bin * per_bin + s];
-            const int64_t p1 = pc.p1 < 0 ? 0 : pc.p1;
-            const scalar_t* v1 = base + p1 * channels;
-            const scalar_t* v2 = base + int64_t(pc.p2) * channels;
-            const scalar_t* v3 = base + int64_t(pc.p3) * channels;
-            const scalar_t* v4 = base + int64_t(pc.p4) * channels;
-            const acc_t w1 = pc.w1, w2 = pc.w2, w3 = pc.w3, w4 = pc.w4;
-            for (int64_t c = 0; c < channels; ++c) {
-              acc[c] += w1 * acc_t(v1[c]) + w2 * acc_t(v2[c]) + w3 * acc_t(v3[c]) +
-                        w4 * acc_t(v4[c]);
-            }
-          }
-          for (int64_t c = 0; c < channels; ++c) o[c * bins + bin] = acc[c] / g.count;
+    dynamic_parallel_for(0, slices, 1, [&](int64_t q0, int64_t q1) {
+      std::vector<acc_t> buf;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t c0 = q * cw, w = std::min(cw, channels - c0);
+        if (channels_last) {
+          forward_slice<scalar_t, acc_t, scalar_t>(pb, ip + c0, channels, c0, w, out);
+        } else {
+          buf.resize(n_batch * hw * w);
+          slice_to_buffer(ip, n_batch, channels, hw, c0, w, buf.data());
+          forward_slice<scalar_t, acc_t, acc_t>(pb, buf.data(), w, c0, w, out);
         }
       }
     });
@@ -150,14 +236,14 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois_in, at::Tensor
 
   const at::Tensor in = input.contiguous();
   const scalar_t* ip = in.data_ptr<scalar_t>();
-  dynamic_parallel_for(0, k_rois, 4, [&](int64_t r0, int64_t r1) {
+  dynamic_parallel_for(0, pb.k_rois, 4, [&](int64_t r0, int64_t r1) {
     std::vector<Sample<acc_t>> pcs;
     for (int64_t r = r0; r < r1; ++r) {
-      const RoiGeometry<acc_t> g = geometry_of(rp, r, scale, ph, pw, sr, aligned);
+      const RoiGeometry<acc_t> g = pb.geometry(r);
       precalc(g, ph, pw, height, width, pcs);
-      const int64_t per_bin = int64_t(std::max(g.grid_h, 0)) * std::max(g.grid_w, 0);
+      const int64_t per_bin = per_bin_of(g);
       for (int64_t c = 0; c < channels; ++c) {
-        const scalar_t* plane = ip + (g.batch * channels + c) * height * width;
+        const scalar_t* plane = ip + (g.batch * channels + c) * hw;
         scalar_t* o = out + (r * channels + c) * bins;
         const Sample<acc_t>* pc = pcs.data();
         for (int64_t bin = 0; bin < bins; ++bin) {
@@ -167,7 +253,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois_in, at::Tensor
             v += pc->w1 * acc_t(plane[p1]) + pc->w2 * acc_t(plane[pc->p2]) +
                  pc->w3 * acc_t(plane[pc->p3]) + pc->w4 * acc_t(plane[pc->p4]);
           }
-          o[bin] = v / g.count;
+          o[bin] = static_cast<scalar_t>(v / g.count);
         }
       }
     }
@@ -192,24 +278,61 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   return output;
 }
 
-// Splits [0, k) into consecutive RoI batches whose precomputed samples fit a memory budget, so
-// that adaptive sampling of huge RoIs cannot allocate without bound.
+// torchvision adds grad * w / count; dividing by a power of two is exactly multiplying by its
+// reciprocal (same rounded result), which is much cheaper in the inner loop.
 template <typename acc_t>
-std::vector<int64_t> roi_batches(const acc_t* rp, int64_t k, acc_t scale, int ph, int pw, int sr,
-                                 bool aligned) {
-  constexpr int64_t kBudget = int64_t(1) << 20;  // samples (~32 MiB in float)
-  std::vector<int64_t> cuts{0};
-  int64_t used = 0;
-  for (int64_t r = 0; r < k; ++r) {
-    const int64_t s = samples_of(geometry_of(rp, r, scale, ph, pw, sr, aligned), ph, pw);
-    if (used > 0 && used + s > kBudget) {
-      cuts.push_back(r);
-      used = 0;
-    }
-    used += s;
+struct Scaler {
+  acc_t count, inv;
+  bool pow2;
+  explicit Scaler(acc_t c) : count(c), inv(acc_t(1) / c) {
+    int e = 0;
+    pow2 = std::frexp(static_cast<double>(c), &e) == 0.5;
   }
-  cuts.push_back(k);
-  return cuts;
+};
+
+// Backward of all RoIs for one channel slice, accumulated into buf [N, H*W, cw].
+template <typename scalar_t, typename acc_t>
+void backward_slice(const Problem<acc_t>& pb, const scalar_t* grad, const int64_t* gs, int64_t c0,
+                    int64_t cw, acc_t* buf) {
+  const int64_t hw = pb.height * pb.width;
+  std::vector<Sample<acc_t>> pcs;
+  std::vector<acc_t> go(cw);
+  for (int64_t r = 0; r < pb.k_rois; ++r) {
+    const RoiGeometry<acc_t> g = pb.geometry(r);
+    precalc(g, pb.ph, pb.pw, pb.height, pb.width, pcs);
+    const int64_t per_bin = per_bin_of(g);
+    const Scaler<acc_t> sc(g.count);
+    acc_t* img = buf + g.batch * hw * cw;
+    const Sample<acc_t>* pc = pcs.data();
+    for (int by = 0; by < pb.ph; ++by) {
+      for (int bx = 0; bx < pb.pw; ++bx) {
+        const scalar_t* gr = grad + r * gs[0] + c0 * gs[1] + by * gs[2] + bx * gs[3];
+        for (int64_t c = 0; c < cw; ++c) go[c] = acc_t(gr[c * gs[1]]);
+        for (int64_t s = 0; s < per_bin; ++s, ++pc) {
+          if (pc->p1 < 0) continue;
+          acc_t* d1 = img + int64_t(pc->p1) * cw;
+          acc_t* d2 = img + int64_t(pc->p2) * cw;
+          acc_t* d3 = img + int64_t(pc->p3) * cw;
+          acc_t* d4 = img + int64_t(pc->p4) * cw;
+          const acc_t w1 = pc->w1, w2 = pc->w2, w3 = pc->w3, w4 = pc->w4;
+          // Corners can coincide at the map border; separate loops add in torchvision's order.
+          if (sc.pow2) {
+            const acc_t inv = sc.inv;
+            for (int64_t c = 0; c < cw; ++c) d1[c] += go[c] * w1 * inv;
+            for (int64_t c = 0; c < cw; ++c) d2[c] += go[c] * w2 * inv;
+            for (int64_t c = 0; c < cw; ++c) d3[c] += go[c] * w3 * inv;
+            for (int64_t c = 0; c < cw; ++c) d4[c] += go[c] * w4 * inv;
+          } else {
+            const acc_t cnt = sc.count;
+            for (int64_t c = 0; c < cw; ++c) d1[c] += go[c] * w1 / cnt;
+            for (int64_t c = 0; c < cw; ++c) d2[c] += go[c] * w2 / cnt;
+            for (int64_t c = 0; c < cw; ++c) d3[c] += go[c] * w3 / cnt;
+            for (int64_t c = 0; c < cw; ++c) d4[c] += go[c] * w4 / cnt;
+          }
+        }
+      }
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -217,110 +340,61 @@ at::Tensor backward_impl(const at::Tensor& grad, const at::Tensor& rois_in, doub
                          int ph, int pw, int64_t n_batch, int64_t channels, int64_t height,
                          int64_t width, int sr, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr bool kSameType = std::is_same<scalar_t, acc_t>::value;
-  const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
-  const int64_t k_rois = grad.size(0);
+  const int64_t hw = height * width;
   const at::Tensor rois = rois_as<acc_t>(rois_in, n_batch);
-  const acc_t* rp = rois.data_ptr<acc_t>();
-  const acc_t scale = static_cast<acc_t>(spatial_scale);
-  const int64_t bins = int64_t(ph) * pw;
-  int64_t total = 0;
-  for (int64_t r = 0; r < k_rois; ++r) {
-    total += samples_of(geometry_of(rp, r, scale, ph, pw, sr, aligned), ph, pw);
-  }
-  const std::vector<int64_t> cuts = roi_batches(rp, k_rois, scale, ph, pw, sr, aligned);
-  std::vector<std::vector<Sample<acc_t>>> pcs;
-  std::vector<RoiGeometry<acc_t>> geos;
-  auto prepare = [&](int64_t b0, int64_t b1) {
-    pcs.resize(b1 - b0);
-    geos.resize(b1 - b0);
-    dynamic_parallel_for(b0, b1, 8, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        geos[r - b0] = geometry_of(rp, r, scale, ph, pw, sr, aligned);
-        precalc(geos[r - b0], ph, pw, height, width, pcs[r - b0]);
-      }
-    });
-  };
-  const auto opts = grad.options().dtype(acc_dtype);
-
-  if (prefer_channels_last(channels, n_batch * height * width, total, false)) {
-    // grad as [K, bins, C] so one bin's gradient is a contiguous C-vector.
-    const at::Tensor g_t = grad.permute({0, 2, 3, 1}).to(acc_dtype).contiguous();
-    const acc_t* gp = g_t.data_ptr<acc_t>();
-    at::Tensor gin = at::zeros({n_batch, height, width, channels}, opts);
-    acc_t* gi = gin.data_ptr<acc_t>();
-    // Channel slices pulled dynamically by the threads: about two per thread, so a late thread
-    // costs little, and wide enough (a multiple of 16) that the per-sample bookkeeping is
-    // amortised over a long vector loop.
-    const int64_t want = (channels + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());
-    const int64_t chunk = std::max<int64_t>(16, (want + 15) / 16 * 16);
-    const int64_t nchunks = (channels + chunk - 1) / chunk;
-    for (size_t b = 0; b + 1 < cuts.size(); ++b) {
-      prepare(cuts[b], cuts[b + 1]);
-      dynamic_parallel_for(0, nchunks, 1, [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t c0 = q * chunk, c1 = std::min(channels, c0 + chunk);
-          for (int64_t r = cuts[b]; r < cuts[b + 1]; ++r) {
-            const RoiGeometry<acc_t>& g = geos[r - cuts[b]];
-            const Sample<acc_t>* pc = pcs[r - cuts[b]].data();
-            const int64_t per_bin = int64_t(std::max(g.grid_h, 0)) * std::max(g.grid_w, 0);
-            acc_t* base = gi + g.batch * height * width * channels;
-            for (int64_t bin = 0; bin < bins; ++bin) {
-              const acc_t* go = gp + (r * bins + bin) * channels;
-              for (int64_t s = 0; s < per_bin; ++s, ++pc) {
-                if (pc->p1 < 0) continue;
-                acc_t* d1 = base + int64_t(pc->p1) * channels;
-                acc_t* d2 = base + int64_t(pc->p2) * channels;
-                acc_t* d3 = base + int64_t(pc->p3) * channels;
-                acc_t* d4 = base + int64_t(pc->p4) * channels;
-                const acc_t w1 = pc->w1, w2 = pc->w2, w3 = pc->w3, w4 = pc->w4;
-                const acc_t cnt = g.count;
-                // Four separate loops: corners may coincide at the map border, and the adds
-                // must happen in torchvision's order (corner 1, 2, 3, 4).
-                for (int64_t c = c0; c < c1; ++c) d1[c] += go[c] * w1 / cnt;
-                for (int64_t c = c0; c < c1; ++c) d2[c] += go[c] * w2 / cnt;
-                for (int64_t c = c0; c < c1; ++c) d3[c] += go[c] * w3 / cnt;
-                for (int64_t c = c0; c < c1; ++c) d4[c] += go[c] * w4 / cnt;
-              }
-            }
-          }
-        }
-      });
-    }
-    return gin.permute({0, 3, 1, 2}).to(grad.scalar_type()).contiguous();
-  }
-
-  at::Tensor gin = at::zeros({n_batch, channels, height, width}, opts);
-  acc_t* gi = gin.data_ptr<acc_t>();
+  const Problem<acc_t> pb{rois.data_ptr<acc_t>(), rois.size(0), n_batch, channels, height, width,
+                          static_cast<acc_t>(spatial_scale), ph, pw, sr, aligned};
   const scalar_t* gp = grad.data_ptr<scalar_t>();
-  const int64_t s0 = grad.stride(0), s1 = grad.stride(1), s2 = grad.stride(2), s3 = grad.stride(3);
-  for (size_t b = 0; b + 1 < cuts.size(); ++b) {
-    prepare(cuts[b], cuts[b + 1]);
-    dynamic_parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
+  const int64_t gs[4] = {grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3)};
+
+  if (prefer_sliced(channels, n_batch * hw, pb.total_samples(), false)) {
+    at::Tensor grad_input = at::empty({n_batch, channels, height, width}, grad.options());
+    scalar_t* gi = grad_input.data_ptr<scalar_t>();
+    const int64_t cw = slice_width(channels, n_batch * hw, sizeof(acc_t));
+    const int64_t slices = (channels + cw - 1) / cw;
+    dynamic_parallel_for(0, slices, 1, [&](int64_t q0, int64_t q1) {
+      std::vector<acc_t> buf;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t c0 = q * cw, w = std::min(cw, channels - c0);
+        buf.assign(n_batch * hw * w, acc_t(0));
+        backward_slice<scalar_t, acc_t>(pb, gp, gs, c0, w, buf.data());
+        buffer_to_slice(buf.data(), n_batch, channels, hw, c0, w, gi);
+      }
+    });
+    return grad_input;
+  }
+
+  // Planar: tasks are channel ranges; each computes a RoI's samples once for its channels.
+  const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+  at::Tensor gin = at::zeros({n_batch, channels, height, width}, grad.options().dtype(acc_dtype));
+  acc_t* gi = gin.data_ptr<acc_t>();
+  const int64_t threads = at::get_num_threads();
+  const int64_t per_task = std::max<int64_t>(1, (channels + 2 * threads - 1) / (2 * threads));
+  dynamic_parallel_for(0, channels, per_task, [&](int64_t c0, int64_t c1) {
+    std::vector<Sample<acc_t>> pcs;
+    for (int64_t r = 0; r < pb.k_rois; ++r) {
+      const RoiGeometry<acc_t> g = pb.geometry(r);
+      precalc(g, ph, pw, height, width, pcs);
+      const int64_t per_bin = per_bin_of(g);
       for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t r = cuts[b]; r < cuts[b + 1]; ++r) {
-          const RoiGeometry<acc_t>& g = geos[r - cuts[b]];
-          const Sample<acc_t>* pc = pcs[r - cuts[b]].data();
-          const int64_t per_bin = int64_t(std::max(g.grid_h, 0)) * std::max(g.grid_w, 0);
-          acc_t* plane = gi + (g.batch * channels + c) * height * width;
-          for (int by = 0; by < ph; ++by) {
-            for (int bx = 0; bx < pw; ++bx) {
-              const acc_t go = acc_t(gp[r * s0 + c * s1 + by * s2 + bx * s3]);
-              for (int64_t s = 0; s < per_bin; ++s, ++pc) {
-                if (pc->p1 < 0) continue;
-                plane[pc->p1] += go * pc->w1 / g.count;
-                plane[pc->p2] += go * pc->w2 / g.count;
-                plane[pc->p3] += go * pc->w3 / g.count;
-                plane[pc->p4] += go * pc->w4 / g.count;
-              }
+        acc_t* plane = gi + (g.batch * channels + c) * hw;
+        const Sample<acc_t>* pc = pcs.data();
+        for (int by = 0; by < ph; ++by) {
+          for (int bx = 0; bx < pw; ++bx) {
+            const acc_t go = acc_t(gp[r * gs[0] + c * gs[1] + by * gs[2] + bx * gs[3]]);
+            for (int64_t s = 0; s < per_bin; ++s, ++pc) {
+              if (pc->p1 < 0) continue;
+              plane[pc->p1] += go * pc->w1 / g.count;
+              plane[pc->p2] += go * pc->w2 / g.count;
+              plane[pc->p3] += go * pc->w3 / g.count;
+              plane[pc->p4] += go * pc->w4 / g.count;
             }
           }
         }
       }
-    });
-  }
-  if (kSameType) return gin;
-  return gin.to(grad.scalar_type());
+    }
+  });
+  return std::is_same<scalar_t, acc_t>::value ? gin : gin.to(grad.scalar_type());
 }
 
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
