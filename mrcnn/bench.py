@@ -43,6 +43,21 @@ def _time(fn, iters: int, warmup: int, device) -> list[float]:
     return times
 
 
+def count_syncs(step) -> int:
+    """Host synchronisations one call of `step` makes (CUDA sync debug mode, warnings counted)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def _autocast(device, dtype):
     if dtype == "float32":
         return torch.autocast(device.type, enabled=False)
@@ -167,6 +182,7 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                              "times": times}
                 if device.type == "cuda":
                     row[name]["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                    row[name]["host_syncs_per_iter"] = count_syncs(step)
             if "torchvision" in row:
                 row["time_ratio"] = row["ours"]["s_per_iter"] / row["torchvision"]["s_per_iter"]
             results["runs"].append(row)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mrcnn import checkpoint, dist, solver
+from mrcnn.perf import apply_perf_switches
 from mrcnn.writer import MetricWriter, SmoothedValue, format_eta
 
 log = logging.getLogger("mrcnn.train")
@@ -120,9 +121,7 @@ def build_training_model(config: ml_collections.ConfigDict, device: torch.device
                           f"needs CUDA devices; on {device.type} ranks use BN (per-rank "
                           "statistics) or GN")
     model.to(device)
-    if config.perf.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
+    return apply_perf_switches(model, config)
 
 
 def _checkpoint_state(model, optimizer, scaler, iteration, config) -> dict:

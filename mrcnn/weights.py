@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 FORMATS = ("native", "torchvision", "torchvision_backbone")
 
 # Our keys of layers whose shape depends on the number of classes.
-CLASS_SPECIFIC_PREFIXES = ("box_predictor.cls_score.", "box_predictor.bbox_pred.", "mask_predictor.logits.")
+CLASS_SPECIFIC_PREFIXES = (
+    "box_predictor.cls_score.",
+    "box_predictor.bbox_pred.",
+    "mask_predictor.logits.",
+)
 
 # torchvision's released detection weights are meant for FrozenBatchNorm2d with eps=0
 # (torchvision calls overwrite_eps(model, 0.0) when it loads them); ImageNet classification
@@ -70,8 +74,14 @@ def _rename_detection(key: str) -> str | None:
         return None if new is None else "backbone.body." + new
     rules = [
         # FPN (both the current `.0.` layout and torchvision's pre-0.13 one)
-        (r"backbone\.fpn\.inner_blocks\.(\d+)(?:\.0)?\.(weight|bias)", r"backbone.fpn.lateral.\1.conv.\2"),
-        (r"backbone\.fpn\.layer_blocks\.(\d+)(?:\.0)?\.(weight|bias)", r"backbone.fpn.output.\1.conv.\2"),
+        (
+            r"backbone\.fpn\.inner_blocks\.(\d+)(?:\.0)?\.(weight|bias)",
+            r"backbone.fpn.lateral.\1.conv.\2",
+        ),
+        (
+            r"backbone\.fpn\.layer_blocks\.(\d+)(?:\.0)?\.(weight|bias)",
+            r"backbone.fpn.output.\1.conv.\2",
+        ),
         (r"rpn\.head\.conv(?:\.0\.0)?\.(weight|bias)", r"rpn.conv.\1"),
         (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn.cls_logits.\1"),
         (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn.bbox_pred.\1"),
@@ -101,7 +111,9 @@ def _fold_norms(sd: dict[str, Tensor], eps: float) -> dict[str, Tensor]:
     for key in [k for k in sd if k.endswith(".running_mean")]:
         p = key[: -len("running_mean")]
         w, b, rm, rv = (out.pop(p + s) for s in _BN_STATS)
-        out[p + "weight"], out[p + "bias"] = fold_bn(w.float(), b.float(), rm.float(), rv.float(), eps)
+        out[p + "weight"], out[p + "bias"] = fold_bn(
+            w.float(), b.float(), rm.float(), rv.float(), eps
+        )
     return out
 
 
@@ -139,7 +151,9 @@ def _unwrap(obj) -> dict[str, Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a state dict (or a dict with 'model'), got {type(obj).__name__}")
+        raise ValueError(
+            f"expected a state dict (or a dict with 'model'), got {type(obj).__name__}"
+        )
     # DistributedDataParallel / torch.compile wrappers prefix every key.
     sd = dict(obj)
     for prefix in ("module.", "_orig_mod."):
@@ -195,7 +209,9 @@ def load_state_dict_checked(
             if not strict_classes and k.startswith(CLASS_SPECIFIC_PREFIXES):
                 skipped.append(k)
             else:
-                mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+                mismatched.append(
+                    f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                )
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {missing}")
@@ -247,8 +263,9 @@ def load_weights(
         sd = convert_torchvision_backbone(sd, None)
         if getattr(model, "use_fpn", True) is False:
             # C4: the classification net's res5 is the RoI head's res5.
+            res5 = "backbone.body.res5."
             sd = {
-                (("box_head." + k[len("backbone.body.") :]) if k.startswith("backbone.body.res5.") else k): v
+                ("box_head." + k[len("backbone.body.") :] if k.startswith(res5) else k): v
                 for k, v in sd.items()
             }
         sd = _fold_where_frozen(model, sd, TORCHVISION_CLASSIFICATION_BN_EPS)

@@ -450,3 +450,25 @@ def test_num_classes_smaller_than_the_dataset_is_an_error(shapes_root):
     c.model.num_classes = 3
     with pytest.raises(ValueError, match="config.model.num_classes=3.*num_classes=4"):
         data.build_train_loader(c)
+
+
+def test_meta_of_coco_names_needs_no_file_and_explicit_files_are_read(tmp_path):
+    import json
+
+    c = _small_config(tmp_path)
+    c.data.train.name = "coco_2014_train"
+    assert data.get_dataset_meta(c).num_classes == 81
+    ann = tmp_path / "mine.json"
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [],
+                "annotations": [],
+                "categories": [{"id": 5, "name": "b"}, {"id": 2, "name": "a"}],
+            }
+        )
+    )
+    c.data.train.ann_file = str(ann)  # explicit file wins over the COCO name
+    meta = data.get_dataset_meta(c)
+    assert meta.category_ids == (2, 5) and meta.names == ("a", "b") and meta.num_classes == 3
+    assert meta.label_to_category_id(2) == 5 and meta.category_id_to_label(2) == 1

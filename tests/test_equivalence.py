@@ -37,7 +37,11 @@ def _randomize_frozen_bn(model: torch.nn.Module, images: torch.Tensor, g: torch.
         m.weight.copy_(torch.rand(c, generator=g) + 0.5)
         m.bias.copy_(torch.randn(c, generator=g) * 0.1)
 
-    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, TVFrozenBN)]
+    hooks = [
+        m.register_forward_pre_hook(calibrate)
+        for m in model.modules()
+        if isinstance(m, TVFrozenBN)
+    ]
     with torch.no_grad():
         model.backbone.body(images)
     for h in hooks:
@@ -49,7 +53,9 @@ def models():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     body = torchvision.models.resnet50(weights=None, norm_layer=TVFrozenBN)
-    tv = TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=MIN_SIZE, max_size=MAX_SIZE)
+    tv = TVMaskRCNN(
+        _resnet_fpn_extractor(body, 3), num_classes=91, min_size=MIN_SIZE, max_size=MAX_SIZE
+    )
     tv.eval()
     images = [torch.rand(3, 320, 400, generator=g), torch.rand(3, 288, 352, generator=g)]
     with torch.no_grad():
@@ -146,8 +152,14 @@ def test_training_losses_and_gradients_equal_torchvision(models):
         (train_model.rpn.conv.weight, tv.rpn.head.conv[0][0].weight),
         (train_model.box_head.fc[0].weight, tv.roi_heads.box_head.fc6.weight),
         (train_model.box_predictor.bbox_pred.weight, tv.roi_heads.box_predictor.bbox_pred.weight),
-        (train_model.mask_predictor.logits.weight, tv.roi_heads.mask_predictor.mask_fcn_logits.weight),
-        (train_model.backbone.fpn.lateral[0].conv.weight, tv.backbone.fpn.inner_blocks[0][0].weight),
+        (
+            train_model.mask_predictor.logits.weight,
+            tv.roi_heads.mask_predictor.mask_fcn_logits.weight,
+        ),
+        (
+            train_model.backbone.fpn.lateral[0].conv.weight,
+            tv.backbone.fpn.inner_blocks[0][0].weight,
+        ),
         (train_model.backbone.body.res5[0].conv2.weight, tv.backbone.body.layer4[0].conv2.weight),
     ]
     for a, b in pairs:

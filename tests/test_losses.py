@@ -247,7 +247,12 @@ def test_roi_sampling_respects_quota():
 
 
 def test_fastrcnn_loss_empty_and_nonfinite_unused_targets():
-    cls, box = fastrcnn_loss(torch.zeros(0, 3, requires_grad=True), torch.zeros(0, 12), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4))
+    cls, box = fastrcnn_loss(
+        torch.zeros(0, 3, requires_grad=True),
+        torch.zeros(0, 12),
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0, 4),
+    )
     assert cls.item() == 0 and box.item() == 0
     # a background row with an infinite target must not poison the loss or the gradient
     logits = torch.randn(2, 3, requires_grad=True)
@@ -283,7 +288,8 @@ def test_mask_loss_equals_torchvision_with_bitmask_targets():
     logits = torch.randn(9, 4, 28, 28, generator=g, requires_grad=True)
     tv = tv_roi_heads.maskrcnn_loss(logits, props, gt_masks, gt_labels, matched)
     masks = [InstanceMasks([[] for _ in range(len(m))], m) for m in gt_masks]
-    mt = mask_targets(torch.cat(props), torch.tensor([0] * 5 + [1] * 4), torch.cat(matched), masks, 28)
+    bidx = torch.tensor([0] * 5 + [1] * 4)
+    mt = mask_targets(torch.cat(props), bidx, torch.cat(matched), masks, 28)
     labels = torch.cat([lab[i] for lab, i in zip(gt_labels, matched)])
     ours = mask_loss(logits, labels, mt)
     torch.testing.assert_close(ours, tv, rtol=1e-5, atol=1e-6)
@@ -339,7 +345,8 @@ def test_mask_targets_none_and_empty():
                        torch.zeros(0, dtype=torch.int64), [None], 14)
     assert out.shape == (0, 14, 14)
     with pytest.raises(ValueError):
-        mask_targets(torch.tensor([[0.0, 0, 5, 5]]), torch.tensor([0]), torch.tensor([0]), [None], 14)
+        one = torch.tensor([0])
+        mask_targets(torch.tensor([[0.0, 0, 5, 5]]), one, one, [None], 14)
 
 
 def test_torchvision_present():

@@ -45,7 +45,9 @@ def tiny_config(**changes):
 
 VARIANTS = {
     "fpn_r18_gn": {},
-    "fpn_r50_frozenbn": {"backbone.depth": 50, "backbone.norm": "FrozenBN", "backbone.freeze_at": 2},
+    "fpn_r50_frozenbn": {
+        "backbone.depth": 50, "backbone.norm": "FrozenBN", "backbone.freeze_at": 2,
+    },
     "fpn_r50_bn_gn_heads": {
         "backbone.depth": 50, "backbone.norm": "BN", "backbone.freeze_at": 1,
         "backbone.fpn_norm": "GN", "mask_head.norm": "GN",

@@ -113,7 +113,8 @@ def test_roi_pool_equals_multiscale_roi_align():
     bidx = torch.tensor([0] * 25 + [1] * 15)
     out = roi_pool(feats, boxes, bidx, image_sizes, 7, 2)
     tv = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
-    expected = tv(OrderedDict((str(i), f) for i, f in enumerate(feats)), [boxes[:25], boxes[25:]], image_sizes)
+    named = OrderedDict((str(i), f) for i, f in enumerate(feats))
+    expected = tv(named, [boxes[:25], boxes[25:]], image_sizes)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert roi_pool(feats, boxes[:0], bidx[:0], image_sizes, 7, 2).shape == (0, 4, 7, 7)
 
@@ -127,7 +128,9 @@ def test_box_detections_equal_torchvision():
     logits = torch.randn(100, c, generator=g) * 2
     regression = torch.randn(100, c * 4, generator=g)
     heads = tv_roi_heads.RoIHeads(None, None, None, 0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 20)
-    tv_boxes, tv_scores, tv_labels = heads.postprocess_detections(logits, regression, props, image_sizes)
+    tv_boxes, tv_scores, tv_labels = heads.postprocess_detections(
+        logits, regression, props, image_sizes
+    )
     boxes, scores, labels, img = box_detections(
         logits, regression, torch.cat(props), torch.tensor([0] * 60 + [1] * 40),
         torch.tensor(image_sizes, dtype=torch.float32),
@@ -162,9 +165,8 @@ def test_detections_to_original_equals_torchvision_postprocess():
     assert torch.equal(out.boxes, expected["boxes"])
     assert out.masks.dtype == torch.uint8 and out.masks.shape == (6, *orig)
     assert torch.equal(out.masks.bool(), expected["masks"][:, 0] > 0.5)
-    empty = detections_to_original(
-        Detections(boxes[:0], boxes[:0, 0], torch.zeros(0, dtype=torch.int64), masks[:0]), size, orig
-    )
+    none = Detections(boxes[:0], boxes[:0, 0], torch.zeros(0, dtype=torch.int64), masks[:0])
+    empty = detections_to_original(none, size, orig)
     assert empty.masks.shape == (0, *orig) and empty.masks.dtype == torch.uint8
     no_masks = detections_to_original(Detections(boxes, det.scores, det.labels), size, orig)
     assert no_masks.masks is None

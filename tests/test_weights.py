@@ -80,7 +80,11 @@ def test_torchvision_file_folds_bn_with_eps0(tv_state_dict, tv_file):
 def test_different_num_classes_skips_class_layers(tv_state_dict, tv_file, caplog):
     path = tv_file
     model = build_model(r50_config(num_classes=5))
-    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(CLASS_SPECIFIC_PREFIXES)}
+    before = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(CLASS_SPECIFIC_PREFIXES)
+    }
     with caplog.at_level(logging.WARNING):
         skipped = load_weights(model, str(path), "torchvision")
     assert sorted(skipped) == sorted(before)
@@ -89,7 +93,8 @@ def test_different_num_classes_skips_class_layers(tv_state_dict, tv_file, caplog
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert torch.equal(after["rpn.conv.weight"], tv_state_dict["rpn.head.conv.0.0.weight"])
     with pytest.raises(ValueError, match="shape mismatches"):
-        load_weights(build_model(r50_config(num_classes=5)), str(path), "torchvision", strict_classes=True)
+        other = build_model(r50_config(num_classes=5))
+        load_weights(other, str(path), "torchvision", strict_classes=True)
 
 
 def test_native_roundtrip_and_errors(tmp_path):
@@ -165,7 +170,8 @@ def test_torchvision_backbone(fpn, depth, tmp_path):
         torch.testing.assert_close(feats[2], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
         res5 = model.box_head.res5 if not fpn else model.backbone.body.res5
         ref5 = net.layer4(ref)
-        torch.testing.assert_close(res5(feats[2]), ref5, rtol=1e-4, atol=1e-5 * float(ref5.abs().max()))
+        atol5 = 1e-5 * float(ref5.abs().max())
+        torch.testing.assert_close(res5(feats[2]), ref5, rtol=1e-4, atol=atol5)
     assert isinstance(model.backbone.body.res4[0].norm1, FrozenBatchNorm2d)
 
 

@@ -139,6 +139,11 @@ def dataset_name(dataset_cfg: Any) -> str:
     return _field(dataset_cfg, "name")
 
 
+def explicit_ann_file(dataset_cfg: Any) -> str:
+    """The annotation file a dataset config names itself ("" when the catalog name decides)."""
+    return _field(dataset_cfg, "ann_file")
+
+
 def is_shapes(dataset_cfg: Any) -> bool:
     """A shapes dataset without explicit paths: generated on demand."""
     return dataset_name(dataset_cfg).startswith("shapes") and not (

@@ -20,12 +20,15 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     -> [..., M, N] float. Degenerate pairs (zero union) give NaN, as torchvision's box_iou."""
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
-    lt = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    rb = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    # Per axis rather than on [..., M, N, 2] pairs: the same arithmetic, half the temporaries
+    # (the RPN's [B, M, anchors] matrices are the largest tensors of a training step).
+    a = boxes1[..., :, None, :]
+    b = boxes2[..., None, :, :]
+    w = (torch.min(a[..., 2], b[..., 2]) - torch.max(a[..., 0], b[..., 0])).clamp_(min=0)
+    h = (torch.min(a[..., 3], b[..., 3]) - torch.max(a[..., 1], b[..., 1])).clamp_(min=0)
+    inter = w.mul_(h)
     union = area1[..., :, None] + area2[..., None, :] - inter
-    return inter / union
+    return inter.div_(union)
 
 
 def clip_boxes(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> Tensor:

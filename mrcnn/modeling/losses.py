@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 def _masked_smooth_l1(pred: Tensor, target: Tensor, keep: Tensor, beta: float) -> Tensor:
     """Sum over rows where `keep` of smooth-L1(pred, target) summed over the last dim."""
-    target = torch.where(keep[..., None], target.float(), torch.zeros_like(target, dtype=torch.float32))
+    target = target.float()
+    target = torch.where(keep[..., None], target, torch.zeros_like(target))
     loss = F.smooth_l1_loss(pred.float(), target, beta=beta, reduction="none").sum(-1)
     return torch.where(keep, loss, torch.zeros_like(loss)).sum()
 

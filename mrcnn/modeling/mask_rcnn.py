@@ -62,7 +62,9 @@ class MaskRCNN(nn.Module):
             stride_in_1x1=bb.stride_in_1x1,
             num_stages=4 if self.use_fpn else 3,
         )
-        fpn = FPN(body.out_channels, bb.fpn_channels, bb.fpn_norm, bb.gn_groups) if self.use_fpn else None
+        fpn = None
+        if self.use_fpn:
+            fpn = FPN(body.out_channels, bb.fpn_channels, bb.fpn_norm, bb.gn_groups)
         self.backbone = Backbone(body, fpn)
         channels = self.backbone.out_channels
 
@@ -127,7 +129,9 @@ class MaskRCNN(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """-> class logits, box deltas, and (C4) the res5 features for the mask branch."""
         bh = self.cfg.box_head
-        x = self._pool(feats, boxes, batch_idx, image_sizes, bh.pooler_resolution, bh.sampling_ratio)
+        x = self._pool(
+            feats, boxes, batch_idx, image_sizes, bh.pooler_resolution, bh.sampling_ratio
+        )
         res5 = None
         if self.use_fpn:
             h = self.box_head(x)
@@ -148,17 +152,20 @@ class MaskRCNN(nn.Module):
         """Per-class mask logits [R, num_classes, M, M] of boxes [R, 4]. `res5` (C4 only): the
         box branch's res5 features of these very boxes, reused when the poolers agree."""
         mh = self.cfg.mask_head
-        if self.use_fpn:
-            x = self._pool(feats, boxes, batch_idx, image_sizes, mh.pooler_resolution, mh.sampling_ratio)
-            return self.mask_predictor(self.mask_head(x))
-        if res5 is None:
-            x = self._pool(feats, boxes, batch_idx, image_sizes, mh.pooler_resolution, mh.sampling_ratio)
+        if self.use_fpn or res5 is None:
+            x = self._pool(
+                feats, boxes, batch_idx, image_sizes, mh.pooler_resolution, mh.sampling_ratio
+            )
+            if self.use_fpn:
+                return self.mask_predictor(self.mask_head(x))
             res5 = self.box_head.forward_features(x)
         return self.mask_predictor(res5)
 
     def _c4_can_share(self) -> bool:
         bh, mh = self.cfg.box_head, self.cfg.mask_head
-        return (bh.pooler_resolution, bh.sampling_ratio) == (mh.pooler_resolution, mh.sampling_ratio)
+        return bh.pooler_resolution == mh.pooler_resolution and (
+            bh.sampling_ratio == mh.sampling_ratio
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -277,10 +284,8 @@ class MaskRCNN(nn.Module):
                 masks = boxes.new_zeros((0, 1, m, m))
         counts = torch.bincount(img, minlength=len(image_sizes)).tolist()
         mask_parts = masks.split(counts) if masks is not None else [None] * len(counts)
-        return [
-            Detections(*part)
-            for part in zip(boxes.split(counts), scores.split(counts), labels.split(counts), mask_parts)
-        ]
+        parts = zip(boxes.split(counts), scores.split(counts), labels.split(counts), mask_parts)
+        return [Detections(*part) for part in parts]
 
     @property
     def mask_resolution(self) -> int:

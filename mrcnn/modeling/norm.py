@@ -89,7 +89,7 @@ def make_norm(name: str, channels: int, gn_groups: int = 32) -> nn.Module | None
         return nn.SyncBatchNorm(channels)
     if name == "GN":
         if channels % gn_groups:
-            raise ValueError(f"GroupNorm: {channels} channels do not divide into {gn_groups} groups")
+            raise ValueError(f"GroupNorm: {channels} channels do not split into {gn_groups} groups")
         return nn.GroupNorm(gn_groups, channels)
     raise ValueError(f"unknown norm {name!r}: expected FrozenBN, BN, SyncBN, GN or ''")
 

@@ -64,15 +64,20 @@ def roi_pool(
     k_min = int(-math.log2(scales[0]))
     k_max = int(-math.log2(scales[-1]))
     levels = map_levels(boxes, k_min, k_max)
+    # RoIs grouped by level with one sort and one host read of the counts (instead of one
+    # nonzero per level), pooled level by level, written back to their original rows.
+    order = torch.argsort(levels, stable=True)
+    counts = torch.bincount(levels, minlength=len(features)).tolist()
+    pooled = [
+        ops.roi_align(f, r, size, scale, sampling_ratio, aligned)
+        for f, r, scale, n in zip(features, rois[order].split(counts), scales, counts)
+        if n
+    ]
     feat = features[0]
-    # Every RoI is written by exactly one level, so no zero fill is needed.
-    out = torch.empty(
-        (boxes.shape[0], feat.shape[1], output_size, output_size), dtype=feat.dtype, device=feat.device
-    )
-    for level, (f, scale) in enumerate(zip(features, scales)):
-        idx = torch.nonzero(levels == level).squeeze(1)
-        if idx.numel() == 0:
-            continue
-        pooled = ops.roi_align(f, rois[idx], size, scale, sampling_ratio, aligned)
-        out.index_copy_(0, idx, pooled.to(out.dtype))
-    return out
+    if not pooled:
+        return feat.new_zeros((0, feat.shape[1], output_size, output_size))
+    dtype = pooled[0].dtype
+    sorted_out = torch.cat([p.to(dtype) for p in pooled])
+    # Every RoI gets exactly one level, so every row is written: no zero fill needed.
+    out = torch.empty_like(sorted_out)
+    return out.index_copy_(0, order, sorted_out)

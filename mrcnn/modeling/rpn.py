@@ -77,8 +77,9 @@ def select_proposals(
     `level_sizes`), image_hw float [B, 2] unpadded (h, w).
 
     Returns (boxes float32 [B, P, 4], probabilities float32 [B, P], valid bool [B, P]) with
-    P = min(post_nms_top_n, pre-NMS candidates per image): each image's proposals first, by decreasing score, then
-    padding (zeros, valid False). No gradient flows (proposals are treated as constants).
+    P = min(post_nms_top_n, pre-NMS candidates per image): each image's proposals first, by
+    decreasing score, then padding (zeros, valid False). No gradient flows: proposals are
+    constants to the RoI heads.
     """
     objectness = objectness.detach().float()
     deltas = deltas.detach().float()

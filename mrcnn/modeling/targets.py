@@ -72,10 +72,11 @@ def rpn_targets(
         _quality(gt, anchors), fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True,
         gt_valid=gt.valid,
     )
+    ignore = torch.full_like(matched, -1)
     labels = torch.where(
         matched >= 0,
         torch.ones_like(matched),
-        torch.where(matched == BETWEEN_THRESHOLDS, torch.full_like(matched, -1), torch.zeros_like(matched)),
+        torch.where(matched == BETWEEN_THRESHOLDS, ignore, torch.zeros_like(matched)),
     )
     idx = matched.clamp(min=0)
     matched_boxes = torch.gather(gt.boxes, 1, idx[..., None].expand(-1, -1, 4))
