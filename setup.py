@@ -56,14 +56,15 @@ def want_cuda() -> bool:
 
 
 def pip_cuda_includes() -> list[str]:
-    # The pip package nvidia/cu13 carries headers (cusparse.h, ...) that torch's CUDA headers
-    # include but the toolkit folder here lacks.
+    # The pip package nvidia/cu<major> (a dependency of torch) carries headers (cusparse.h, ...)
+    # that torch's CUDA headers include but the toolkit folder here lacks.
+    major = (torch.version.cuda or "").split(".")[0]
     dirs = site.getsitepackages() + [sysconfig.get_paths()["purelib"]]
     found = []
     for d in dirs:
-        for inc in sorted(glob.glob(os.path.join(d, "nvidia", "cu*", "include"))):
-            if inc not in found:
-                found.append(inc)
+        inc = os.path.join(d, "nvidia", f"cu{major}", "include")
+        if major and os.path.isdir(inc) and inc not in found:
+            found.append(inc)
     return found
 
 

@@ -33,8 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A dataset is a COCO-format json plus an image folder. `name` picks a known layout
     # (see mrcnn/data/catalog.py and WORKSPACE.md); explicit img_dir / ann_file override it.
     c.data.root = "datasets"  # overridden by $MRCNN_DATA when set
+    # The seed's COCO 2014 train + valminusminival is exactly COCO 2017 train (118k images), and
+    # its minival is COCO 2017 val.
     c.data.train = ml_collections.ConfigDict(
-        {"name": "coco_2014_train", "img_dir": "", "ann_file": ""}
+        {"name": "coco_2017_train", "img_dir": "", "ann_file": ""}
     )
     c.data.val = ml_collections.ConfigDict(
         {"name": "coco_2014_minival", "img_dir": "", "ann_file": ""}

@@ -17,9 +17,10 @@ log = logging.getLogger("mrcnn")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "your input is wrong" (reported in one line), not "our code is wrong"."""
-    from mrcnn import config_check
+    from mrcnn import checkpoint, config_check, weights
 
-    errors: list[type[BaseException]] = [config_check.ConfigError]
+    errors: list[type[BaseException]] = [
+        config_check.ConfigError, weights.WeightsError, checkpoint.CheckpointError]
     try:
         from mrcnn import data
 

@@ -157,7 +157,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_iter = int(state["iteration"])
-        set_rng_state(state["rng"])
+        # Each rank continues its own RNG stream (the samplers draw from it). A checkpoint from
+        # another world size has no stream for this rank: rank 0 takes its saved one, the
+        # others start distinct fresh ones.
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == world:
+            set_rng_state(per_rank[rank])
+        else:
+            set_rng_state(state["rng"])
+            if rank > 0:
+                seed_everything(config.seed + rank + 10007 * start_iter)
         log.info("resumed from %s at iteration %d", found, start_iter)
     else:
         if config.init.weights:
@@ -189,10 +198,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
 
     def save(it: int) -> None:
         nonlocal last_ckpt
+        rngs = dist.all_gather_object(rng_state()) if world > 1 else None
         if dist.is_main():
-            last_ckpt = checkpoint.save(
-                workdir, _checkpoint_state(model, optimizer, scaler, it, config), it,
-                keep=s.keep_checkpoints)
+            state = _checkpoint_state(model, optimizer, scaler, it, config)
+            if rngs is not None:
+                state["rng_per_rank"] = rngs
+            try:
+                last_ckpt = checkpoint.save(workdir, state, it, keep=s.keep_checkpoints)
+            except OSError as e:  # disk full, quota, permissions: stop; the last one is intact
+                log.error("could not save the checkpoint of iteration %d in %s (%s); the last "
+                          "good checkpoint is %s", it, workdir, e, last_ckpt or "none")
+                raise
             log.info("saved %s", last_ckpt)
         dist.barrier()
 

@@ -14,6 +14,7 @@ logits) keep their random init and the skipped keys are logged.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections.abc import Mapping
 
@@ -25,6 +26,11 @@ from mrcnn.modeling.norm import BN_EPS, FrozenBatchNorm2d, fold_bn
 log = logging.getLogger(__name__)
 
 FORMATS = ("native", "torchvision", "torchvision_backbone")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used: unreadable, refused (pickled code), or not matching
+    the model (the message lists the keys). A user error: main.py prints it without a traceback."""
 
 # Our keys of layers whose shape depends on the number of classes.
 CLASS_SPECIFIC_PREFIXES = (
@@ -151,7 +157,7 @@ def _unwrap(obj) -> dict[str, Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
-        raise ValueError(
+        raise WeightsError(
             f"expected a state dict (or a dict with 'model'), got {type(obj).__name__}"
         )
     # DistributedDataParallel / torch.compile wrappers prefix every key.
@@ -177,7 +183,7 @@ def _fold_where_frozen(model: nn.Module, sd: dict[str, Tensor], eps: float) -> d
                 w.float(), b.float(), rm.float(), rv.float(), eps
             )
         elif isinstance(target, nn.GroupNorm):
-            raise ValueError(
+            raise WeightsError(
                 f"{p[:-1]} is a GroupNorm but the weights hold BatchNorm statistics; use "
                 "model.backbone.norm=FrozenBN or BN with these weights"
             )
@@ -220,7 +226,7 @@ def load_state_dict_checked(
     if mismatched:
         problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
     if problems:
-        raise ValueError("cannot load the weights:\n  " + "\n  ".join(problems))
+        raise WeightsError("cannot load the weights:\n  " + "\n  ".join(problems))
     load = {k: v for k, v in sd.items() if k not in skipped}
     result = model.load_state_dict(load, strict=False)
     leftover = [
@@ -228,7 +234,7 @@ def load_state_dict_checked(
         if k.startswith(only) and k not in skipped and not k.endswith("num_batches_tracked")
     ]
     if leftover or result.unexpected_keys:
-        raise ValueError(f"cannot load: missing {leftover}, unexpected {result.unexpected_keys}")
+        raise WeightsError(f"cannot load: missing {leftover}, unexpected {result.unexpected_keys}")
     if skipped:
         log.warning(
             "different number of classes: kept the random init of %d class-specific tensors: %s",
@@ -248,29 +254,36 @@ def load_weights(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weights format {fmt!r}; expected one of {FORMATS}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # Missing or truncated file, not a torch file, or pickled code that weights_only refuses.
+        raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
     sd = _unwrap(obj)
-    if fmt == "native":
-        # A checkpoint of a BN model loads into a FrozenBN model with its statistics folded.
-        sd = _fold_where_frozen(model, sd, BN_EPS)
-        skipped = load_state_dict_checked(model, sd, strict_classes)
-    elif fmt == "torchvision":
-        sd = _fold_where_frozen(
-            model, convert_torchvision_state_dict(sd, None), TORCHVISION_DETECTION_BN_EPS
-        )
-        skipped = load_state_dict_checked(model, sd, strict_classes)
-    else:
-        sd = convert_torchvision_backbone(sd, None)
-        if getattr(model, "use_fpn", True) is False:
-            # C4: the classification net's res5 is the RoI head's res5.
-            res5 = "backbone.body.res5."
-            sd = {
-                ("box_head." + k[len("backbone.body.") :] if k.startswith(res5) else k): v
-                for k, v in sd.items()
-            }
-        sd = _fold_where_frozen(model, sd, TORCHVISION_CLASSIFICATION_BN_EPS)
-        skipped = load_state_dict_checked(
-            model, sd, strict_classes=True, only=("backbone.body.", "box_head.res5.")
-        )
+    try:
+        if fmt == "native":
+            # A checkpoint of a BN model loads into a FrozenBN model with its statistics folded.
+            sd = _fold_where_frozen(model, sd, BN_EPS)
+            skipped = load_state_dict_checked(model, sd, strict_classes)
+        elif fmt == "torchvision":
+            sd = _fold_where_frozen(
+                model, convert_torchvision_state_dict(sd, None), TORCHVISION_DETECTION_BN_EPS
+            )
+            skipped = load_state_dict_checked(model, sd, strict_classes)
+        else:
+            sd = convert_torchvision_backbone(sd, None)
+            if getattr(model, "use_fpn", True) is False:
+                # C4: the classification net's res5 is the RoI head's res5.
+                res5 = "backbone.body.res5."
+                sd = {
+                    ("box_head." + k[len("backbone.body.") :] if k.startswith(res5) else k): v
+                    for k, v in sd.items()
+                }
+            sd = _fold_where_frozen(model, sd, TORCHVISION_CLASSIFICATION_BN_EPS)
+            skipped = load_state_dict_checked(
+                model, sd, strict_classes=True, only=("backbone.body.", "box_head.res5.")
+            )
+    except KeyError as e:  # a key the torchvision converters do not know
+        raise WeightsError(f"{path}: {e.args[0]}") from e
     log.info("loaded %s weights from %s", fmt, path)
     return skipped

@@ -10,6 +10,7 @@ Conventions: boxes are float xyxy in absolute pixels; index outputs are int64.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 
@@ -19,8 +20,8 @@ from torch import Tensor
 from ops import reference
 
 try:
-    from ops import _C  # noqa: F401  (loading the library registers torch.ops.mrcnn.*)
-
+    # Loading the library runs its TORCH_LIBRARY blocks: torch.ops.mrcnn.* appear.
+    _C = importlib.import_module("ops._C")
     _LOAD_ERROR = ""
 except ImportError as exc:  # not built yet, or built against another torch
     _C = None
@@ -49,7 +50,8 @@ def _native(*tensors: Tensor) -> bool:
     global _warned
     if _C is not None:
         dev = tensors[0].device.type
-        if dev == "cpu" or (dev == "cuda" and _C.cuda):
+        # "meta" tensors go to the fake kernels registered in ops/_library.py.
+        if dev in ("cpu", "meta") or (dev == "cuda" and _C.cuda):
             return True
     if not _warned:
         _warned = True
@@ -92,7 +94,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return reference.box_iou(boxes1, boxes2)
 
 
-def _rois_from(boxes: Tensor | list[Tensor], dtype: torch.dtype) -> Tensor:
+def _rois_from(boxes: Tensor | list[Tensor]) -> Tensor:
     # torchvision's convert_boxes_to_roi_format: prefix each image's boxes with its batch index.
     if isinstance(boxes, Tensor):
         torch._check(boxes.dim() == 2 and boxes.shape[1] == 5, lambda: "rois must be [K, 5]")
@@ -122,7 +124,7 @@ def roi_align(
     (Detectron2 ROIAlignV2). Returns [K, C, output_h, output_w].
     """
     ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
-    rois = _rois_from(boxes, input.dtype)
+    rois = _rois_from(boxes)
     if _native(input):
         return torch.ops.mrcnn.roi_align(
             input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)

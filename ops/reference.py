@@ -121,14 +121,16 @@ def _roi_sample_grid(
         # Legacy (Detectron) behaviour: malformed RoIs are forced to 1x1.
         roi_w = roi_w.clamp(min=1.0)
         roi_h = roi_h.clamp(min=1.0)
-    bin_h = roi_h / pooled_h
-    bin_w = roi_w / pooled_w
+    # Divisions by full tensors, not Python numbers: PyTorch turns `t / k` into `t * (1 / k)`,
+    # which rounds differently from the kernels' true division when 1 / k is inexact.
+    bin_h = roi_h / torch.full_like(roi_h, pooled_h)
+    bin_w = roi_w / torch.full_like(roi_w, pooled_w)
     if sampling_ratio > 0:
         grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.int64)
         grid_w = torch.full_like(roi_w, sampling_ratio, dtype=torch.int64)
     else:
-        grid_h = torch.ceil(roi_h / pooled_h).to(torch.int64)
-        grid_w = torch.ceil(roi_w / pooled_w).to(torch.int64)
+        grid_h = torch.ceil(roi_h / torch.full_like(roi_h, pooled_h)).to(torch.int64)
+        grid_w = torch.ceil(roi_w / torch.full_like(roi_w, pooled_w)).to(torch.int64)
     return start_h, start_w, bin_h, bin_w, grid_h, grid_w, rois[:, 0].to(torch.int64)
 
 
@@ -187,32 +189,41 @@ def roi_align(
         pw = torch.arange(pooled_w, device=input.device, dtype=input.dtype)
         bh, bw = bin_h[sel], bin_w[sel]
         # [k, PH, IY] and [k, PW, IX]: same expression order as the C++ kernel.
-        ys = start_h[sel, None, None] + ph[None, :, None] * bh[:, None, None] + (
-            (iy[None, None, :] + 0.5) * bh[:, None, None]
-        ) / gh
-        xs = start_w[sel, None, None] + pw[None, :, None] * bw[:, None, None] + (
-            (ix[None, None, :] + 0.5) * bw[:, None, None]
-        ) / gw
-        y0, y1, wy0, wy1, vy = _bilinear_coords(ys, h)
-        x0, x1, wx0, wx1, vx = _bilinear_coords(xs, w)
+        num_y = (iy[None, None, :] + 0.5) * bh[:, None, None]
+        num_x = (ix[None, None, :] + 0.5) * bw[:, None, None]
+        ys = (start_h[sel, None, None] + ph[None, :, None] * bh[:, None, None]) + num_y / (
+            torch.full_like(num_y, gh)
+        )
+        xs = (start_w[sel, None, None] + pw[None, :, None] * bw[:, None, None]) + num_x / (
+            torch.full_like(num_x, gw)
+        )
+        y0, y1, wy0, wy1, vy = _bilinear_coords(ys, h)  # [k, PH, IY]
+        x0, x1, wx0, wx1, vx = _bilinear_coords(xs, w)  # [k, PW, IX]
         feat = flat[batch[sel]]  # [k, C, H*W]
+        k_sel = len(sel)
 
-        def gather(yi: Tensor, xi: Tensor) -> Tensor:
-            idx = (yi[:, :, None, :, None] * w + xi[:, None, :, None, :]).reshape(len(sel), 1, -1)
-            g = torch.gather(feat, 2, idx.expand(-1, c, -1))
-            return g.reshape(len(sel), c, pooled_h, pooled_w, gh, gw)
+        def gather(yi: Tensor, xi: Tensor) -> Tensor:  # [k, PH], [k, PW] -> [k, C, PH, PW]
+            idx = (yi[:, :, None] * w + xi[:, None, :]).reshape(k_sel, 1, -1)
+            return torch.gather(feat, 2, idx.expand(-1, c, -1)).reshape(k_sel, c, pooled_h, pooled_w)
 
-        def outer(a: Tensor, b: Tensor) -> Tensor:
-            return (a[:, :, None, :, None] * b[:, None, :, None, :])[:, None]
+        def outer(a: Tensor, b: Tensor) -> Tensor:  # [k, PH], [k, PW] -> [k, 1, PH, PW]
+            return (a[:, :, None] * b[:, None, :])[:, None]
 
-        valid = outer(vy.to(input.dtype), vx.to(input.dtype))
-        val = (
-            outer(wy0, wx0) * gather(y0, x0)
-            + outer(wy0, wx1) * gather(y0, x1)
-            + outer(wy1, wx0) * gather(y1, x0)
-            + outer(wy1, wx1) * gather(y1, x1)
-        ) * valid
-        results.append((sel, val.sum((-1, -2)) / (gh * gw)))
+        # Samples are added one at a time, in the kernels' order, so the sums round the same.
+        total = input.new_zeros((k_sel, c, pooled_h, pooled_w))
+        for a in range(gh):
+            for b in range(gw):
+                ya, yb, wya, wyb = y0[:, :, a], y1[:, :, a], wy0[:, :, a], wy1[:, :, a]
+                xa, xb, wxa, wxb = x0[:, :, b], x1[:, :, b], wx0[:, :, b], wx1[:, :, b]
+                valid = outer(vy[:, :, a].to(input.dtype), vx[:, :, b].to(input.dtype))
+                term = (
+                    outer(wya, wxa) * gather(ya, xa)
+                    + outer(wya, wxb) * gather(ya, xb)
+                    + outer(wyb, wxa) * gather(yb, xa)
+                    + outer(wyb, wxb) * gather(yb, xb)
+                )
+                total = total + term * valid
+        results.append((sel, total / torch.full_like(total, gh * gw)))
     out = torch.zeros_like(out)
     for sel, val in results:
         out = out.index_copy(0, sel, val)

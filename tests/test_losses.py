@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torchvision
 from torchvision.models.detection import _utils as tv_utils
 from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection.rpn import RegionProposalNetwork
@@ -347,7 +346,3 @@ def test_mask_targets_none_and_empty():
     with pytest.raises(ValueError):
         one = torch.tensor([0])
         mask_targets(torch.tensor([[0.0, 0, 5, 5]]), one, one, [None], 14)
-
-
-def test_torchvision_present():
-    assert torchvision.__version__

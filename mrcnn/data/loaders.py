@@ -44,7 +44,9 @@ def _check_num_classes(config: ml_collections.ConfigDict, meta: DatasetMeta, whe
     need = meta.num_classes
     have = int(config.model.num_classes)
     if have < need:
-        raise ValueError(
+        from mrcnn.config_check import ConfigError  # a ValueError: a config the data cannot use
+
+        raise ConfigError(
             f"config.model.num_classes={have} but {where} has labels up to {need - 1} "
             f"({len(meta.category_ids)} categories): set --config.model.num_classes={need}"
         )
