@@ -41,10 +41,25 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, plus: an override of a config key that does not exist is a flag
+    error (one message, exit 1), not a traceback. ml_collections raises AttributeError /
+    KeyError for it, which absl does not catch."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        while isinstance(e, (AttributeError, KeyError)) and e.args and isinstance(
+                e.args[0], BaseException):
+            e = e.args[0]
+        why = e.args[0] if e.args else e
+        sys.stderr.write(f"FATAL Flags parsing error: no such config key {why}\n")
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
-        app.run(main)
+        app.run(main, flags_parser=_parse_flags)
     except SystemExit as e:
         # absl exits 1 after printing --help; asking for help is not an error.
         if e.code == 1 and {"-h", "--help", "--helpshort", "--helpfull"} & set(sys.argv[1:]):

@@ -202,6 +202,28 @@ def inspect_workdir(workdir: str) -> dict[str, Any]:
     }
 
 
+def run_in_process(mode: str, config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """`runner.run` as main.py calls it, in this process: None when the run succeeds, else the
+    one line main.py would print for a user error (other exceptions propagate: main.py would
+    show them with a traceback). The root logger's handlers, which `runner.run` replaces, are
+    put back afterwards."""
+    from mrcnn import runner
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        runner.run(mode, config, workdir)
+        return None
+    except runner.UserError as e:
+        return f"UserError: {e}"
+    finally:
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silences our loggers below ERROR (the catalogue triggers hundreds of expected warnings)."""
@@ -344,13 +366,16 @@ def kill_campaign(
 # --------------------------------------------------------------------------- 2. bad inputs
 ANN = "ann.json"
 SIZE = 64
-# Square i of the clean dataset: [x, y, side]; off-centre so a rotation moves it.
-SQUARES = [(4 + 4 * i, 6 + 2 * i, 16) for i in range(4)]
 BRIGHT, DARK = (230, 210, 190), (30, 25, 20)
 
 
-def write_coco(folder: str) -> tuple[str, str, dict]:
-    """A clean 4-image COCO dataset: 64x64 RGB PNGs, dark noise with one bright square each,
+def square(i: int) -> tuple[int, int, int]:
+    """[x, y, side] of image i's square: in the top-left quarter, so a rotation moves it."""
+    return 4 + 4 * (i % 4), 6 + 2 * (i % 5), 16
+
+
+def write_coco(folder: str, n: int = 4) -> tuple[str, str, dict]:
+    """A clean n-image COCO dataset: 64x64 RGB PNGs, dark noise with one bright square each,
     annotated by its polygon; categories 1..3. Returns (img_dir, ann_file, the json dict)."""
     from PIL import Image
 
@@ -358,7 +383,8 @@ def write_coco(folder: str) -> tuple[str, str, dict]:
     img_dir = os.path.join(folder, "images")
     os.makedirs(img_dir, exist_ok=True)
     images, anns = [], []
-    for i, (x, y, s) in enumerate(SQUARES):
+    for i in range(n):
+        x, y, s = square(i)
         arr = (np.array(DARK) + rng.integers(-10, 10, (SIZE, SIZE, 3))).astype(np.uint8)
         arr[y : y + s, x : x + s] = BRIGHT
         name = f"{i:03d}.png"
@@ -434,9 +460,10 @@ def _to_16bit(img):
     return Image.fromarray(a)  # mode I;16
 
 
-def _exif_rotated(img_dir: str, data: dict) -> None:
-    """Image 0 stored on its side with EXIF orientation 6 (display = rotate 90 deg clockwise),
-    the way a phone saves a portrait photo; the annotation is in display coordinates."""
+def _exif_rotated(img_dir: str, data: dict, index: int = 0) -> None:
+    """Image `index` stored on its side with EXIF orientation 6 (display = rotate 90 degrees
+    clockwise), the way a phone saves a portrait photo; the annotation is in display
+    coordinates."""
     from PIL import Image
 
     def convert(img):
@@ -444,7 +471,7 @@ def _exif_rotated(img_dir: str, data: dict) -> None:
 
     exif = Image.Exif()
     exif[0x0112] = 6
-    _reformat(img_dir, data, 0, convert, ".jpg", exif=exif, quality=95)
+    _reformat(img_dir, data, index, convert, ".jpg", exif=exif, quality=95)
 
 
 def _many_instances(img_dir: str, data: dict) -> None:

@@ -283,7 +283,7 @@ def load_weights(
             skipped = load_state_dict_checked(
                 model, sd, strict_classes=True, only=("backbone.body.", "box_head.res5.")
             )
-    except KeyError as e:  # a key the torchvision converters do not know
-        raise WeightsError(f"{path}: {e.args[0]}") from e
+    except (KeyError, WeightsError) as e:  # unknown key, mismatched keys: name the file too
+        raise WeightsError(f"{path} ({fmt} format): {e.args[0]}") from e
     log.info("loaded %s weights from %s", fmt, path)
     return skipped

@@ -8,12 +8,14 @@ match bit for bit. The random-kill campaign with many rounds is `python -m bench
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import random
 import shutil
 import signal
+import subprocess
 
 import pytest
 import torch
@@ -38,11 +40,12 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(root, tmp_path_factory):
     """An uninterrupted run to MAX_ITER keeping every checkpoint: {iteration: state}."""
-    os.environ.pop("MRCNN_DATA", None)
     w = str(tmp_path_factory.mktemp("reference"))
     c = faults.tiny_config(root, MAX_ITER)
     c.solver.keep_checkpoints = 0
-    train.train(c, w, CPU)
+    with pytest.MonkeyPatch.context() as m:
+        m.delenv("MRCNN_DATA", raising=False)
+        train.train(c, w, CPU)
     return w, {i: checkpoint.load(os.path.join(w, checkpoint.checkpoint_name(i)))
                for i in range(1, MAX_ITER + 1)}
 
@@ -98,7 +101,7 @@ def test_kill9_and_signals_then_resume_ends_identical(root, reference, tmp_path)
     delay = random.Random().uniform(0, 2.0)
     try:
         p.wait(delay)
-    except Exception:
+    except subprocess.TimeoutExpired:
         p.kill()
     p.wait(300)
     state = faults.inspect_workdir(w)
@@ -135,11 +138,11 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous(reference, root, 
     data = open(newest, "rb").read()
     with open(newest, "wb") as f:
         f.write(data[: len(data) * 2 // 3])
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         train.train(faults.tiny_config(root, MAX_ITER), w, CPU)
     assert f"{newest} is unreadable" in caplog.text
-    assert f"resumed from {os.path.join(w, checkpoint.checkpoint_name(MAX_ITER - 1))}" in (
-        caplog.text) or True  # INFO may not be captured; the weights below prove the resume
+    previous = os.path.join(w, checkpoint.checkpoint_name(MAX_ITER - 1))
+    assert f"resumed from {previous} at iteration {MAX_ITER - 1}" in caplog.text
     _assert_same(checkpoint.load(newest), ref[MAX_ITER])
 
 
@@ -219,8 +222,7 @@ def test_float16_grad_scaler_skips_an_inf_step_by_itself(root, tmp_path, monkeyp
     slower than float32 and overflows on its own at the initial scale (both steps of a 2-step
     run skipped), which would hide the injected fault: autocast is replaced by a no-op so only
     the scaler path runs, and exactly one step gets an inf loss."""
-    monkeypatch.setattr(train, "autocast", lambda device, dtype: torch.autocast("cpu",
-                                                                               enabled=False))
+    monkeypatch.setattr(train, "autocast", lambda device, dtype: contextlib.nullcontext())
     _nan_at(monkeypatch, {1}, float("inf"))
     c = faults.tiny_config(root, 3)
     c.dtype = "float16"
