@@ -1,6 +1,6 @@
 """Fault campaign: kill -9 during training, a catalogue of bad inputs, corrupt checkpoints.
 
-    .venv/bin/python -m bench.faults [--rounds 5] [--seed 0] [--workdir DIR] [--skip-kills]
+    .venv/bin/python -m bench.faults [--rounds 10] [--seed 0] [--workdir DIR] [--skip-kills]
 
 1. kill -9: an uninterrupted reference run of a tiny deterministic config (`get_config` below:
    64 px shapes, width-16 ResNet-18, a checkpoint after every step), then the same run in
@@ -53,7 +53,7 @@ THIS_CONFIG = os.path.relpath(os.path.abspath(__file__), REPO)
 
 # --------------------------------------------------------------------------- the tiny config
 def tiny_config(root: str = "", max_iter: int = 6) -> ml_collections.ConfigDict:
-    """shapes:runlocal at 64 px with a width-16 R18: ~1 s a step on 2 CPU cores.
+    """shapes:runlocal at 64 px with a width-16 R18: ~0.1 s a step on 2 idle CPU cores.
 
     deterministic=True, one checkpoint per step (so random kills often land in a write), no
     evaluation. root: the data root (the shapes dataset is generated there on first use).
@@ -131,7 +131,9 @@ def spawn(argv: list[str], log_path: str, env: dict[str, str]) -> subprocess.Pop
         out.close()  # the child holds its own descriptor
 
 
-def wait_for_line(proc: subprocess.Popen, log_path: str, pattern: str, timeout: float) -> bool:
+def wait_for_line(
+    proc: subprocess.Popen, log_path: str, pattern: str, timeout: float, poll_s: float = 0.01
+) -> bool:
     """Polls `log_path` until a line matches `pattern` (True) or the process exits (False)."""
     rx = re.compile(pattern)
     deadline = time.monotonic() + timeout
@@ -141,7 +143,7 @@ def wait_for_line(proc: subprocess.Popen, log_path: str, pattern: str, timeout: 
                 return True
         if proc.poll() is not None:
             return False
-        time.sleep(0.05)
+        time.sleep(poll_s)
     raise TimeoutError(f"no line matching {pattern!r} in {log_path} after {timeout:.0f} s")
 
 
@@ -167,14 +169,21 @@ def states_equal(a: dict, b: dict) -> bool:
             return {k2: v2 for i, v in enumerate(x) for k2, v2 in flat(v, f"{prefix}{i}.").items()}
         return {prefix: x}
 
-    fa, fb = flat({"m": a["model"], "o": a["optimizer"]}), flat({"m": b["model"], "o": b["optimizer"]})
+    fa, fb = (
+        flat({"m": a["model"], "o": a["optimizer"]}),
+        flat({"m": b["model"], "o": b["optimizer"]}),
+    )
     if fa.keys() != fb.keys():
         return False
     for k, va in fa.items():
         vb = fb[k]
         if isinstance(va, torch.Tensor):
-            if not (isinstance(vb, torch.Tensor) and va.shape == vb.shape and va.dtype == vb.dtype
-                    and torch.equal(va, vb)):
+            if not (
+                isinstance(vb, torch.Tensor)
+                and va.shape == vb.shape
+                and va.dtype == vb.dtype
+                and torch.equal(va, vb)
+            ):
                 return False
         elif va != vb:
             return False
@@ -240,7 +249,7 @@ def _quiet():
 @dataclasses.dataclass
 class KillRound:
     n: int
-    how: str  # "in-save": killed inside torch.save; "startup" / "training": random moment
+    how: str  # "in-save": inside torch.save; random: "startup", "1st step" or "training"
     delay_s: float
     killed: bool  # False: the run ended (finished or crashed) before the kill
     returncode: int | None = None
@@ -256,16 +265,25 @@ class KillRound:
 
 
 def run_reference(root: str, workdir: str, max_iter: int, env: dict[str, str]) -> dict[str, float]:
-    """Runs the tiny config uninterrupted; returns its timings (startup_s, step_s)."""
+    """Runs the tiny config uninterrupted; returns its timings: startup_s (start to the training
+    loop), first_step_s (the first step, with its one-time warm-up) and step_s (the median of
+    the others, each with its checkpoint write), seen by polling the log."""
     log_path = os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".out")
     t0 = time.monotonic()
     proc = spawn(main_argv(root, workdir, max_iter), log_path, env)
     wait_for_line(proc, log_path, r"training from iteration", 600)
-    t1 = time.monotonic()
+    seen = [time.monotonic()]
+    for it in range(1, max_iter + 1):
+        wait_for_line(proc, log_path, rf"iter: {it} ", 600)
+        seen.append(time.monotonic())
     if proc.wait(600) != 0:
         raise RuntimeError(f"the reference run failed, see {log_path}")
-    t2 = time.monotonic()
-    return {"startup_s": t1 - t0, "step_s": (t2 - t1) / max_iter}
+    steps = sorted(b - a for a, b in zip(seen[1:-1], seen[2:]))
+    return {
+        "startup_s": seen[0] - t0,
+        "first_step_s": seen[1] - seen[0],
+        "step_s": steps[len(steps) // 2],
+    }
 
 
 def kill_campaign(
@@ -282,12 +300,15 @@ def kill_campaign(
     rng = random.Random(seed)
     env = child_env(threads)
     root = os.path.join(work, "data")
-    max_iter = rounds + 4  # a kill lands within ~2 steps of the start: room for every round
+    max_iter = 3 * rounds + 3  # a run lives ~2 steps before its kill: room for every round
     with _quiet():
         ensure_shapes_dataset(tiny_config(root))  # generated once, outside the timed runs
     ref = os.path.join(work, "reference")
     timing = run_reference(root, ref, max_iter, env)
-    report(f"reference run: startup {timing['startup_s']:.1f} s, {timing['step_s']:.2f} s/step")
+    report(
+        f"reference run: start-up {timing['startup_s']:.1f} s, first step "
+        f"{timing['first_step_s']:.1f} s, then {timing['step_s']:.2f} s/step"
+    )
     ref_state = checkpoint.load(os.path.join(ref, checkpoint.checkpoint_name(max_iter)))
 
     w = os.path.join(work, "killed")
@@ -316,12 +337,19 @@ def kill_campaign(
             killed = proc.returncode == -signal.SIGKILL
         else:
             proc = spawn(argv, log_path, env)
-            if rng.random() < 0.2:
+            # A fifth of the kills land in start-up, a quarter in the first step (warm-up,
+            # resume), the rest in the steady steps, checkpoint writes included.
+            u = rng.random()
+            if u < 0.2:
                 how, delay = "startup", rng.uniform(0, timing["startup_s"])
                 time.sleep(delay)
-            else:
-                how, delay = "training", rng.uniform(0, 3.0 * timing["step_s"])
+            elif u < 0.45:
+                how, delay = "1st step", rng.uniform(0, timing["first_step_s"])
                 if wait_for_line(proc, log_path, r"training from iteration", 600):
+                    time.sleep(delay)
+            else:
+                how, delay = "training", rng.uniform(0, 2.5 * timing["step_s"])
+                if wait_for_line(proc, log_path, r"iter: \d+ ", 600):
                     time.sleep(delay)
             killed = proc.poll() is None
             if killed:
@@ -335,9 +363,11 @@ def kill_campaign(
         r.lost = state["iteration"] < best or not state["pointer_ok"]
         best = max(best, state["iteration"])
         out.append(r)
-        report(f"  round {n}: {how:8s} kill after {delay:4.2f} s -> resumable from iteration "
-               f"{r.resumable_from}{' (a checkpoint write was cut)' if r.during_save else ''}"
-               + ("" if killed else f" (the run ended first, exit code {proc.returncode})"))
+        report(
+            f"  round {n}: {how:8s} kill after {delay:4.2f} s -> resumable from iteration "
+            f"{r.resumable_from}{' (a checkpoint write was cut)' if r.during_save else ''}"
+            + ("" if killed else f" (the run ended first, exit code {proc.returncode})")
+        )
         if not killed:
             break
         pending.append(r)
@@ -346,7 +376,9 @@ def kill_campaign(
     rc = proc.wait(600)
     confirm(open(log_path, errors="replace").read())
     final = os.path.join(w, checkpoint.checkpoint_name(max_iter))
-    identical = rc == 0 and os.path.isfile(final) and states_equal(ref_state, checkpoint.load(final))
+    identical = (
+        rc == 0 and os.path.isfile(final) and states_equal(ref_state, checkpoint.load(final))
+    )
     bad_jsonl = 0
     for line in open(os.path.join(w, "metrics.jsonl")):
         try:
@@ -390,14 +422,23 @@ def write_coco(folder: str, n: int = 4) -> tuple[str, str, dict]:
         name = f"{i:03d}.png"
         Image.fromarray(arr).save(os.path.join(img_dir, name))
         images.append({"id": i + 1, "file_name": name, "height": SIZE, "width": SIZE})
-        anns.append({
-            "id": 100 + i, "image_id": i + 1, "category_id": 1 + i % 3, "iscrowd": 0,
-            "bbox": [x, y, s, s], "area": s * s,
-            "segmentation": [[x, y, x + s, y, x + s, y + s, x, y + s]],
-        })
+        anns.append(
+            {
+                "id": 100 + i,
+                "image_id": i + 1,
+                "category_id": 1 + i % 3,
+                "iscrowd": 0,
+                "bbox": [x, y, s, s],
+                "area": s * s,
+                "segmentation": [[x, y, x + s, y, x + s, y + s, x, y + s]],
+            }
+        )
     cats = [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}, {"id": 3, "name": "triangle"}]
-    return img_dir, os.path.join(folder, ANN), {"images": images, "annotations": anns,
-                                               "categories": cats}
+    return (
+        img_dir,
+        os.path.join(folder, ANN),
+        {"images": images, "annotations": anns, "categories": cats},
+    )
 
 
 @dataclasses.dataclass
@@ -440,8 +481,9 @@ class Case:
     check: Callable[[list, Any], str | None] | None = None
 
 
-def _reformat(img_dir: str, data: dict, index: int, convert: Callable, ext: str = ".png",
-              **save_kw) -> None:
+def _reformat(
+    img_dir: str, data: dict, index: int, convert: Callable, ext: str = ".png", **save_kw
+) -> None:
     """Rewrites image `index` through `convert(PIL image) -> PIL image` as `ext`."""
     from PIL import Image
 
@@ -485,9 +527,17 @@ def _many_instances(img_dir: str, data: dict) -> None:
         for gx in range(20):
             x, y = 2 + 3 * gx, 2 + 4 * gy
             arr[y : y + 2, x : x + 2] = BRIGHT
-            anns.append({"id": 1000 + k, "image_id": 1, "category_id": 1 + k % 3, "iscrowd": 0,
-                         "bbox": [x, y, 2, 2], "area": 4,
-                         "segmentation": [[x, y, x + 2, y, x + 2, y + 2, x, y + 2]]})
+            anns.append(
+                {
+                    "id": 1000 + k,
+                    "image_id": 1,
+                    "category_id": 1 + k % 3,
+                    "iscrowd": 0,
+                    "bbox": [x, y, 2, 2],
+                    "area": 4,
+                    "segmentation": [[x, y, x + 2, y, x + 2, y + 2, x, y + 2]],
+                }
+            )
             k += 1
     Image.fromarray(arr).save(os.path.join(img_dir, data["images"][0]["file_name"]))
     data["annotations"] = anns
@@ -499,7 +549,9 @@ SENTINEL = "FAULTS_SENTINEL"
 def _code_strings(img_dir: str, data: dict) -> None:
     """Strings that would run code if anything evaluated them (Python, shell, templates)."""
     evil_name = "$(touch " + SENTINEL + ");`touch " + SENTINEL + "`.png"
-    os.rename(os.path.join(img_dir, data["images"][0]["file_name"]), os.path.join(img_dir, evil_name))
+    os.rename(
+        os.path.join(img_dir, data["images"][0]["file_name"]), os.path.join(img_dir, evil_name)
+    )
     data["images"][0]["file_name"] = evil_name
     data["categories"][0]["name"] = f"__import__('os').system('touch {SENTINEL}')"
     data["categories"][1]["name"] = "{{ 7*7 }} ${jndi:ldap://x/a} !!python/object/apply:os.system"
@@ -510,7 +562,8 @@ def _code_strings(img_dir: str, data: dict) -> None:
 def _check_code_strings(folder: str) -> Callable[[list, Any], str | None]:
     def check(batches, dataset) -> str | None:
         if glob.glob(os.path.join(folder, "**", SENTINEL), recursive=True) or os.path.exists(
-                os.path.join(REPO, SENTINEL)):
+            os.path.join(REPO, SENTINEL)
+        ):
             return "a string in the json was executed"
         if not dataset.meta.names[0].startswith("__import__('os')"):
             return f"category name changed: {dataset.meta.names[0]!r}"
@@ -518,6 +571,7 @@ def _check_code_strings(folder: str) -> Callable[[list, Any], str | None]:
         if not any(n.startswith("$(touch") for n in names):
             return "the image with the odd file name was not loaded verbatim"
         return None
+
     return check
 
 
@@ -542,12 +596,13 @@ def _count_instances(n: int) -> Callable:
         if counts.get(1) != n:
             return f"image 1 has {counts.get(1)} instances, expected {n}"
         return _centres_bright(batches, dataset)
+
     return check
 
 
 def _ann(i: int) -> Callable[[Callable[[dict], None]], Callable[[dict, str], None]]:
     """Mutates annotation i (image i + 1, annotation id 100 + i)."""
-    return lambda f: (lambda d, _: f(d["annotations"][i]))
+    return lambda f: lambda d, _: f(d["annotations"][i])
 
 
 def _nested(depth: int) -> str:
@@ -614,119 +669,141 @@ def bad_input_cases(folder: str) -> list[Case]:
     def fmt(index, convert, ext=".png", **kw):
         return lambda d, img_dir: _reformat(img_dir, d, index, convert, ext, **kw)
 
+    def loads(name, mutate, check=_centres_bright):  # in both modes, boxes on the objects
+        return Case(name, mutate, LOADS, LOADS, check)
+
+    def unreadable(name, mutate, *needles):  # fail: names the file; skip: replaced, counted
+        return Case(name, mutate, _img_err("001.png", *needles), Expect(False, ("bad_image",)))
+
+    def bad_record(name, mutate, *needles, where=rec, kind="bad_annotation"):
+        return Case(name, mutate, _err(*where, *needles), Expect(False, (kind,)))
+
+    def dropped(name, mutate, kind):  # never an error: dropped and counted in both modes
+        return Case(name, mutate, Expect(False, (kind,)), Expect(False, (kind,)))
+
+    def unusable(name, mutate, needle, skip_needle=None):  # an error in both modes
+        return Case(name, mutate, _err(needle), _err(skip_needle or needle))
+
+    img2 = ("image 2",)
     return [
-        # -- images that must load (and keep their boxes on the object)
-        Case("grayscale PNG", fmt(0, lambda im: im.convert("L")), LOADS, LOADS, _centres_bright),
-        Case("RGBA PNG", fmt(0, lambda im: (im.putalpha(90), im)[1]), LOADS, LOADS,
-             _centres_bright),
-        Case("palette PNG", fmt(0, lambda im: im.convert("P")), LOADS, LOADS, _centres_bright),
-        Case("16-bit grayscale PNG", fmt(0, _to_16bit), LOADS, LOADS, _centres_bright),
-        Case("CMYK JPEG", fmt(0, lambda im: im.convert("CMYK"), ".jpg", quality=95), LOADS, LOADS,
-             _centres_bright),
-        Case("EXIF-rotated JPEG", lambda d, img_dir: _exif_rotated(img_dir, d), LOADS, LOADS,
-             _centres_bright),
-        Case("JPEG content in a .png file", jpeg_named_png, LOADS, LOADS, _centres_bright),
-        Case("unicode file name", unicode_name, LOADS, LOADS, _centres_bright),
-        Case("300 instances in one image", lambda d, img_dir: _many_instances(img_dir, d), LOADS,
-             LOADS, _count_instances(300)),
-        Case("code-like strings in the json", lambda d, img_dir: _code_strings(img_dir, d), LOADS,
-             LOADS, _check_code_strings(folder)),
-        Case("unknown extra keys", extra_keys, LOADS, LOADS, _centres_bright),
-        # -- unreadable image files: fail names the file; skip replaces and counts it
-        Case("missing image file", image_file(lambda p, _: os.remove(p)), _img_err("001.png"),
-             Expect(False, ("bad_image",))),
-        Case("zero-byte image file", write_bytes(b""), _img_err("001.png"),
-             Expect(False, ("bad_image",))),
-        Case("random bytes as image", write_bytes(os.urandom(3000)), _img_err("001.png"),
-             Expect(False, ("bad_image",))),
-        Case("truncated PNG", image_file(truncate), _img_err("001.png"), Expect(False, ("bad_image",))),
-        Case("a directory instead of an image", image_file(replace_by_dir), _img_err("001.png"),
-             Expect(False, ("bad_image",))),
-        Case("image size differs from the json", image_file(small_image),
-             _img_err("001.png", "does not match"), Expect(False, ("bad_image",))),
-        # -- bad annotation records: fail names file, image, annotation; skip drops and counts
-        Case("annotation without bbox", pop("bbox"), _err(*rec, "bbox"),
-             Expect(False, ("bad_annotation",))),
-        Case("annotation without segmentation", pop("segmentation"), _err(*rec, "segmentation"),
-             Expect(False, ("bad_annotation",))),
-        Case("annotation without category_id", pop("category_id"), _err(*rec, "category_id"),
-             Expect(False, ("bad_annotation",))),
-        Case("annotation without image_id", pop("image_id"), _err("annotation 101", "image_id"),
-             Expect(False, ("bad_annotation",))),
-        Case("category id not in categories", set_("category_id", 99), _err(*rec, "99"),
-             Expect(False, ("bad_annotation",))),
-        Case("image id not in images", set_("image_id", 77), _err("image 77", "annotation 101"),
-             Expect(False, ("bad_annotation",))),
-        Case("annotation id is a string", set_("id", "101"), _err("annotation '101'"),
-             Expect(False, ("bad_annotation",))),
-        Case("duplicate annotation id", a1(lambda a: a.__setitem__("id", 100)),
-             _err("annotation 100", "twice"), Expect(False, ("bad_annotation",))),
-        Case("bbox with NaN", set_("bbox", [1, 2, float("nan"), 3]), _err(*rec, "NaN"),
-             Expect(False, ("bad_annotation",))),
-        Case("bbox with Infinity", set_("bbox", [1, 2, float("inf"), 3]), _err(*rec, "NaN"),
-             Expect(False, ("bad_annotation",))),
-        Case("bbox of strings", set_("bbox", ["1", "2", "3", "4"]), _err(*rec, "bbox"),
-             Expect(False, ("bad_annotation",))),
-        Case("bbox with 3 numbers", set_("bbox", [1, 2, 3]), _err(*rec, "4 numbers"),
-             Expect(False, ("bad_annotation",))),
-        Case("polygon with NaN", set_("segmentation", [[1, 2, float("nan"), 4, 5, 6]]),
-             _err(*rec, "NaN"), Expect(False, ("bad_annotation",))),
-        Case("polygon with 2 points", set_("segmentation", [[1, 2, 10, 12]]),
-             _err(*rec, "fewer than 3 points"), Expect(False, ("bad_annotation",))),
-        Case("polygon with an odd length", set_("segmentation", [[1, 2, 10, 12, 5]]),
-             _err(*rec, "odd"), Expect(False, ("bad_annotation",))),
-        Case("polygon far outside the image", set_("segmentation", [[1e6, 0, 2e6, 0, 2e6, 9]]),
-             _err(*rec, "outside"), Expect(False, ("bad_annotation",))),
-        Case("segmentation is a string", set_("segmentation", "polygon"),
-             _err(*rec, "segmentation"), Expect(False, ("bad_annotation",))),
-        Case("RLE of the wrong size", set_("segmentation", {"size": [3, 3], "counts": "a0"}),
-             _err(*rec, "RLE size"), Expect(False, ("bad_annotation",))),
-        Case("RLE with garbage counts", set_("segmentation", {"size": [SIZE, SIZE], "counts": "~~"}),
-             _err(*rec, "RLE counts"), Expect(False, ("bad_annotation",))),
-        Case("iscrowd = 5", set_("iscrowd", 5), _err(*rec, "iscrowd"),
-             Expect(False, ("bad_annotation",))),
-        # -- bad image records
-        Case("image record without height", lambda d, _: d["images"][1].pop("height"),
-             _err("image 2", "height"), Expect(False, ("bad_image_record",))),
-        Case("image with negative width", lambda d, _: d["images"][1].update(width=-64),
-             _err("image 2", "width"), Expect(False, ("bad_image_record",))),
-        Case("image record without file_name", lambda d, _: d["images"][1].pop("file_name"),
-             _err("image 2", "file_name"), Expect(False, ("bad_image_record",))),
-        Case("duplicate image id", dup_image_id, _err("image 2", "twice"),
-             Expect(False, ("bad_image_record",))),
-        # -- degenerate geometry: dropped and counted in both modes
-        Case("zero-width box", set_("bbox", [5, 5, 0, 10]), Expect(False, ("zero_size_box",)),
-             Expect(False, ("zero_size_box",))),
-        Case("negative-size box", set_("bbox", [20, 20, -5, -5]), Expect(False, ("zero_size_box",)),
-             Expect(False, ("zero_size_box",))),
-        Case("box outside the image", set_("bbox", [70, 70, 5, 5]), Expect(False, ("zero_size_box",)),
-             Expect(False, ("zero_size_box",))),
-        Case("polygon with an extra 2-point part",
-             a1(lambda a: a["segmentation"].append([1, 1, 2, 2])),
-             Expect(False, ("degenerate_polygon_part",)),
-             Expect(False, ("degenerate_polygon_part",))),
-        Case("crowd annotation", set_("iscrowd", 1), Expect(False, ("crowd",)),
-             Expect(False, ("crowd",))),
-        # -- files that cannot be used at all: an error in both modes
-        Case("truncated json", raw('{"images": [{"id": 1, "file_'), _err("not valid JSON"),
-             _err("not valid JSON")),
-        Case("empty json file", raw(""), _err("not valid JSON"), _err("not valid JSON")),
-        Case("json that is not UTF-8", raw(b"\xff\xfe\x00garbage"), _err("not valid JSON"),
-             _err("not valid JSON")),
-        Case("json nested 100000 deep", raw(_nested(100000)), _err("nested"), _err("nested")),
-        Case("top level is a list", raw("[]"), _err("top level"), _err("top level")),
-        Case("no 'images'", lambda d, _: d.pop("images"), _err("'images'"), _err("'images'")),
-        Case("no 'annotations'", lambda d, _: d.pop("annotations"), _err("'annotations'"),
-             _err("'annotations'")),
-        Case("no 'categories'", lambda d, _: d.pop("categories"), _err("'categories'"),
-             _err("'categories'")),
-        Case("duplicate category id", lambda d, _: d["categories"][1].update(id=1),
-             _err("category id 1"), _err("category id 1")),
-        Case("every annotation bad", all_bad, _err("annotation 100"), _err("no training image")),
-        Case("annotation file missing", lambda d, _: NO_JSON, Expect(True, ("not found", ANN)),
-             Expect(True, ("not found", ANN))),
-        Case("image folder missing", lambda d, img_dir: shutil.rmtree(img_dir),
-             Expect(True, ("not found", "images")), Expect(True, ("not found", "images"))),
+        loads("grayscale PNG", fmt(0, lambda im: im.convert("L"))),
+        loads("RGBA PNG", fmt(0, lambda im: (im.putalpha(90), im)[1])),
+        loads("palette PNG", fmt(0, lambda im: im.convert("P"))),
+        loads("16-bit grayscale PNG", fmt(0, _to_16bit)),
+        loads("CMYK JPEG", fmt(0, lambda im: im.convert("CMYK"), ".jpg", quality=95)),
+        loads("EXIF-rotated JPEG", lambda d, img_dir: _exif_rotated(img_dir, d)),
+        loads("JPEG content in a .png file", jpeg_named_png),
+        loads("unicode file name", unicode_name),
+        loads(
+            "300 instances in one image",
+            lambda d, img_dir: _many_instances(img_dir, d),
+            _count_instances(300),
+        ),
+        loads(
+            "code-like strings in the json",
+            lambda d, img_dir: _code_strings(img_dir, d),
+            _check_code_strings(folder),
+        ),
+        loads("unknown extra keys", extra_keys),
+        unreadable("missing image file", image_file(lambda p, _: os.remove(p))),
+        unreadable("zero-byte image file", write_bytes(b"")),
+        unreadable("random bytes as image", write_bytes(os.urandom(3000))),
+        unreadable("truncated PNG", image_file(truncate)),
+        unreadable("a directory instead of an image", image_file(replace_by_dir)),
+        unreadable("image size differs from the json", image_file(small_image), "does not match"),
+        bad_record("annotation without bbox", pop("bbox"), "bbox"),
+        bad_record("annotation without segmentation", pop("segmentation"), "segmentation"),
+        bad_record("annotation without category_id", pop("category_id"), "category_id"),
+        bad_record(
+            "annotation without image_id", pop("image_id"), "image_id", where=("annotation 101",)
+        ),
+        bad_record("category id not in categories", set_("category_id", 99), "99"),
+        bad_record(
+            "image id not in images", set_("image_id", 77), "image 77", where=("annotation 101",)
+        ),
+        bad_record("annotation id is a string", set_("id", "101"), where=("annotation '101'",)),
+        bad_record("duplicate annotation id", set_("id", 100), "twice", where=("annotation 100",)),
+        bad_record("bbox with NaN", set_("bbox", [1, 2, float("nan"), 3]), "NaN"),
+        bad_record("bbox with Infinity", set_("bbox", [1, 2, float("inf"), 3]), "NaN"),
+        bad_record("bbox of strings", set_("bbox", ["1", "2", "3", "4"]), "bbox"),
+        bad_record("bbox with 3 numbers", set_("bbox", [1, 2, 3]), "4 numbers"),
+        bad_record(
+            "polygon with NaN", set_("segmentation", [[1, 2, float("nan"), 4, 5, 6]]), "NaN"
+        ),
+        bad_record(
+            "polygon with 2 points", set_("segmentation", [[1, 2, 10, 12]]), "fewer than 3 points"
+        ),
+        bad_record("polygon with an odd length", set_("segmentation", [[1, 2, 10, 12, 5]]), "odd"),
+        bad_record(
+            "polygon far outside the image",
+            set_("segmentation", [[1e6, 0, 2e6, 0, 2e6, 9]]),
+            "outside",
+        ),
+        bad_record("segmentation is a string", set_("segmentation", "polygon"), "segmentation"),
+        bad_record(
+            "RLE of the wrong size",
+            set_("segmentation", {"size": [3, 3], "counts": "a0"}),
+            "RLE size",
+        ),
+        bad_record(
+            "RLE with garbage counts",
+            set_("segmentation", {"size": [SIZE, SIZE], "counts": "~~"}),
+            "RLE counts",
+        ),
+        bad_record("iscrowd = 5", set_("iscrowd", 5), "iscrowd"),
+        bad_record(
+            "image record without height",
+            lambda d, _: d["images"][1].pop("height"),
+            "height",
+            where=img2,
+            kind="bad_image_record",
+        ),
+        bad_record(
+            "image with negative width",
+            lambda d, _: d["images"][1].update(width=-64),
+            "width",
+            where=img2,
+            kind="bad_image_record",
+        ),
+        bad_record(
+            "image record without file_name",
+            lambda d, _: d["images"][1].pop("file_name"),
+            "file_name",
+            where=img2,
+            kind="bad_image_record",
+        ),
+        bad_record(
+            "duplicate image id", dup_image_id, "twice", where=img2, kind="bad_image_record"
+        ),
+        dropped("zero-width box", set_("bbox", [5, 5, 0, 10]), "zero_size_box"),
+        dropped("negative-size box", set_("bbox", [20, 20, -5, -5]), "zero_size_box"),
+        dropped("box outside the image", set_("bbox", [70, 70, 5, 5]), "zero_size_box"),
+        dropped(
+            "polygon with an extra 2-point part",
+            a1(lambda a: a["segmentation"].append([1, 1, 2, 2])),
+            "degenerate_polygon_part",
+        ),
+        dropped("crowd annotation", set_("iscrowd", 1), "crowd"),
+        unusable("truncated json", raw('{"images": [{"id": 1, "file_'), "not valid JSON"),
+        unusable("empty json file", raw(""), "not valid JSON"),
+        unusable("json that is not UTF-8", raw(b"\xff\xfe\x00garbage"), "not valid JSON"),
+        unusable("json nested 100000 deep", raw(_nested(100000)), "nested"),
+        unusable("top level is a list", raw("[]"), "top level"),
+        unusable("no 'images'", lambda d, _: d.pop("images"), "'images'"),
+        unusable("no 'annotations'", lambda d, _: d.pop("annotations"), "'annotations'"),
+        unusable("no 'categories'", lambda d, _: d.pop("categories"), "'categories'"),
+        unusable(
+            "duplicate category id", lambda d, _: d["categories"][1].update(id=1), "category id 1"
+        ),
+        unusable("every annotation bad", all_bad, "annotation 100", "no training image"),
+        Case(
+            "annotation file missing", lambda d, _: NO_JSON, *[Expect(True, ("not found", ANN))] * 2
+        ),
+        Case(
+            "image folder missing",
+            lambda d, img_dir: shutil.rmtree(img_dir),
+            *[Expect(True, ("not found", "images"))] * 2,
+        ),
     ]
 
 
@@ -747,8 +824,12 @@ def run_case(case: Case, folder: str) -> list[tuple[str, str, bool]]:
     """(mode, outcome, as expected) for mode fail and skip, each on a fresh copy of the data."""
     from mrcnn import config_check, data
 
-    ours = (data.AnnotationError, data.ImageError, data.DatasetMissingError,
-            config_check.ConfigError)
+    ours = (
+        data.AnnotationError,
+        data.ImageError,
+        data.DatasetMissingError,
+        config_check.ConfigError,
+    )
     rows = []
     for mode, want in (("fail", case.fail), ("skip", case.skip)):
         d = os.path.join(folder, mode)
@@ -864,20 +945,29 @@ def checkpoint_cases(work: str) -> list[tuple[str, str, str, bool]]:
             found = checkpoint.load_latest(d)
         except checkpoint.CheckpointError as e:
             named = all(checkpoint.checkpoint_name(i) in str(e) for i in (1, 2))
-            return ("CheckpointError naming both files" if named
-                    else f"CheckpointError: {_short(str(e), 60)}"), bool(handler.records)
+            return (
+                "CheckpointError naming both files"
+                if named
+                else f"CheckpointError: {_short(str(e), 60)}"
+            ), bool(handler.records)
         finally:
             logger.removeHandler(handler)
             logger.setLevel(old[0])
             logger.propagate = old[1]
         got = "none" if found is None else f"iteration {found[0]['iteration']}"
-        if found is not None and not torch.equal(found[0]["model"]["w"],
-                                                 _ckpt_state(found[0]["iteration"])["model"]["w"]):
+        if found is not None and not torch.equal(
+            found[0]["model"]["w"], _ckpt_state(found[0]["iteration"])["model"]["w"]
+        ):
             got += " WITH CORRUPT WEIGHTS"
         return got, bool(handler.records)
 
-    def case(name: str, expected: str, corrupt: Callable[[str], None], warn: bool = True,
-             extra: Callable[[str], str | None] | None = None) -> None:
+    def case(
+        name: str,
+        expected: str,
+        corrupt: Callable[[str], None],
+        warn: bool = True,
+        extra: Callable[[str], str | None] | None = None,
+    ) -> None:
         d = setup(name)
         try:
             corrupt(d)
@@ -886,9 +976,14 @@ def checkpoint_cases(work: str) -> list[tuple[str, str, str, bool]]:
             got, warned = f"CRASH {type(e).__name__}: {_short(str(e), 60)}", False
         problem = extra(d) if extra else None
         ok = got == expected and warned == warn and problem is None
-        rows.append((name, expected + (" + warning" if warn else ""),
-                     got + (" + warning" if warned else "") + (f" [{problem}]" if problem else ""),
-                     ok))
+        rows.append(
+            (
+                name,
+                expected + (" + warning" if warn else ""),
+                got + (" + warning" if warned else "") + (f" [{problem}]" if problem else ""),
+                ok,
+            )
+        )
 
     p2 = lambda d: os.path.join(d, checkpoint.checkpoint_name(2))  # noqa: E731
     sentinel = os.path.join(base, "PWNED")
@@ -921,6 +1016,7 @@ def checkpoint_cases(work: str) -> list[tuple[str, str, str, bool]]:
 
     def full_disk(where: str):
         """save(3) with ENOSPC raised at `where`; must raise, leave 2 loadable, no tmp files."""
+
         def corrupt(d):
             err = OSError(errno.ENOSPC, "No space left on device")
             real_replace, real_save = os.replace, torch.save
@@ -932,8 +1028,9 @@ def checkpoint_cases(work: str) -> list[tuple[str, str, str, bool]]:
 
             def bad_replace(src, dst):
                 calls["n"] += 1
-                if (where == "rename" and calls["n"] == 1) or (where == "pointer"
-                                                                and calls["n"] == 2):
+                if (where == "rename" and calls["n"] == 1) or (
+                    where == "pointer" and calls["n"] == 2
+                ):
                     raise err
                 return real_replace(src, dst)
 
@@ -950,6 +1047,7 @@ def checkpoint_cases(work: str) -> list[tuple[str, str, str, bool]]:
                 raise AssertionError("save did not report the full disk")
             finally:
                 torch.save, os.replace = real_save, real_replace
+
         return corrupt
 
     def no_tmp(d):
@@ -959,27 +1057,55 @@ def checkpoint_cases(work: str) -> list[tuple[str, str, str, bool]]:
     case("truncated newest", "iteration 1", truncate)
     case("zero-byte newest", "iteration 1", lambda d: open(p2(d), "wb").close())
     case("bit flip in newest's tensor data", "iteration 1", lambda d: _flip_tensor_byte(p2(d)))
-    case("newest replaced by a directory", "iteration 1",
-         lambda d: (os.remove(p2(d)), os.mkdir(p2(d))))
+    case(
+        "newest replaced by a directory",
+        "iteration 1",
+        lambda d: (os.remove(p2(d)), os.mkdir(p2(d))),
+    )
     case("newest is pickled code", "iteration 1", pickled_code, extra=no_side_effect)
-    case("newest deleted, pointer dangling", "iteration 1", lambda d: os.remove(p2(d)),
-         warn=False)
-    case("pointer deleted", "iteration 2",
-         lambda d: os.remove(os.path.join(d, checkpoint.POINTER)), warn=False)
+    case("newest deleted, pointer dangling", "iteration 1", lambda d: os.remove(p2(d)), warn=False)
+    case(
+        "pointer deleted",
+        "iteration 2",
+        lambda d: os.remove(os.path.join(d, checkpoint.POINTER)),
+        warn=False,
+    )
     case("pointer holds garbage", "iteration 2", pointer("\x00\xffgarbage"))
-    case("pointer holds invalid UTF-8", "iteration 2",
-         lambda d: open(os.path.join(d, checkpoint.POINTER), "wb").write(b"\xff\xfe\x80\n"))
+    case(
+        "pointer holds invalid UTF-8",
+        "iteration 2",
+        lambda d: open(os.path.join(d, checkpoint.POINTER), "wb").write(b"\xff\xfe\x80\n"),
+    )
     case("pointer escapes the workdir", "iteration 2", pointer("../../etc/model_0000009.pth"))
-    case("pointer names an older checkpoint", "iteration 1",
-         pointer(checkpoint.checkpoint_name(1)), warn=False)
-    case("stale .tmp files of a killed save", "iteration 2", stale_tmp, warn=False,
-         extra=tmp_removed_by_next_save)
+    case(
+        "pointer names an older checkpoint",
+        "iteration 1",
+        pointer(checkpoint.checkpoint_name(1)),
+        warn=False,
+    )
+    case(
+        "stale .tmp files of a killed save",
+        "iteration 2",
+        stale_tmp,
+        warn=False,
+        extra=tmp_removed_by_next_save,
+    )
     case("every checkpoint corrupt", "CheckpointError naming both files", all_corrupt)
-    case("disk full inside torch.save", "iteration 2", full_disk("torch.save"), warn=False,
-         extra=no_tmp)
+    case(
+        "disk full inside torch.save",
+        "iteration 2",
+        full_disk("torch.save"),
+        warn=False,
+        extra=no_tmp,
+    )
     case("disk full at the rename", "iteration 2", full_disk("rename"), warn=False, extra=no_tmp)
-    case("disk full writing the pointer", "iteration 2", full_disk("pointer"), warn=False,
-         extra=no_tmp)
+    case(
+        "disk full writing the pointer",
+        "iteration 2",
+        full_disk("pointer"),
+        warn=False,
+        extra=no_tmp,
+    )
     return rows
 
 
@@ -996,8 +1122,9 @@ class _ListHandler(logging.Handler):
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, rows)])
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    )
 
 
 def _die_in_save(nth: int, main_args: list[str]) -> None:
@@ -1028,7 +1155,7 @@ def _die_in_save(nth: int, main_args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="kill -9 rounds")
+    p.add_argument("--rounds", type=int, default=10, help="kill -9 rounds")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     p.add_argument("--threads", type=int, default=2, help="torch threads of every run")
     p.add_argument("--workdir", default="", help="where runs go (default: a temporary folder)")
@@ -1054,8 +1181,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n## Checkpoint corruption (a workdir holding checkpoints 1 and 2)\n")
     ck = checkpoint_cases(work)
-    print(_table(["case", "expected", "got", "handled"],
-                 [[n, e, g, "yes" if ok else "NO"] for n, e, g, ok in ck]))
+    print(
+        _table(
+            ["case", "expected", "got", "handled"],
+            [[n, e, g, "yes" if ok else "NO"] for n, e, g, ok in ck],
+        )
+    )
     ck_ok = sum(ok for *_, ok in ck)
 
     kills = None
@@ -1063,31 +1194,68 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## kill -9 campaign ({args.rounds} rounds, seed {args.seed})\n")
         kills = kill_campaign(work, args.rounds, args.seed, args.threads)
         print()
-        print(_table(
-            ["round", "kill", "after (s)", "resumable from", "cut a write", "resumed at",
-             "survived"],
-            [[r.n, r.how if r.killed else f"{r.how} (finished first)", f"{r.delay_s:.2f}",
-              r.resumable_from, "yes" if r.during_save else "", r.resumed_at,
-              "yes" if r.survived else "NO"] for r in kills["rounds"]]))
+        print(
+            _table(
+                [
+                    "round",
+                    "kill",
+                    "after (s)",
+                    "resumable from",
+                    "cut a write",
+                    "resumed at",
+                    "survived",
+                ],
+                [
+                    [
+                        r.n,
+                        r.how if r.killed else f"{r.how} (finished first)",
+                        f"{r.delay_s:.2f}",
+                        r.resumable_from,
+                        "yes" if r.during_save else "",
+                        r.resumed_at,
+                        "yes" if r.survived else "NO",
+                    ]
+                    for r in kills["rounds"]
+                ],
+            )
+        )
+        print(
+            "\n(after: seconds after the start (startup), the training loop's first line (1st "
+            "step) or the first step's log line (training))"
+        )
 
     print("\n## Summary\n")
-    summary = [["bad inputs tried / handled", f"{len(cat)} / {inputs_ok}"],
-               ["checkpoint corruption cases tried / handled", f"{len(ck)} / {ck_ok}"]]
+    summary = [
+        ["bad inputs tried / handled", f"{len(cat)} / {inputs_ok}"],
+        ["checkpoint corruption cases tried / handled", f"{len(ck)} / {ck_ok}"],
+    ]
     failed = inputs_ok < len(cat) or ck_ok < len(ck)
     if kills is not None:
         delivered = [r for r in kills["rounds"] if r.killed]
         survived = sum(r.survived for r in delivered)
         summary += [
-            ["kills survived", f"{survived} / {len(delivered)} "
-             f"({sum(r.during_save for r in delivered)} during a checkpoint write)"],
+            [
+                "kills survived",
+                f"{survived} / {len(delivered)} "
+                f"({sum(r.during_save for r in delivered)} during a checkpoint write)",
+            ],
             ["checkpoints lost", str(kills["lost"])],
-            ["final weights identical to the uninterrupted run",
-             "yes" if kills["identical"] else "NO"],
-            ["temporary files left / unparsable metrics.jsonl lines",
-             f"{len(kills['leftover_tmp'])} / {kills['bad_jsonl']}"],
+            [
+                "final weights identical to the uninterrupted run",
+                "yes" if kills["identical"] else "NO",
+            ],
+            [
+                "temporary files left / unparsable metrics.jsonl lines",
+                f"{len(kills['leftover_tmp'])} / {kills['bad_jsonl']}",
+            ],
         ]
-        failed |= (survived < len(delivered) or kills["lost"] > 0 or not kills["identical"]
-                   or bool(kills["leftover_tmp"]) or kills["bad_jsonl"] > 0)
+        failed |= (
+            survived < len(delivered)
+            or kills["lost"] > 0
+            or not kills["identical"]
+            or bool(kills["leftover_tmp"])
+            or kills["bad_jsonl"] > 0
+        )
     print(_table(["figure", "value"], summary))
     print(f"\n{time.monotonic() - t0:.0f} s; runs in {work}")
     return 1 if failed else 0

@@ -29,7 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.rpn.pre_nms_top_n_test = 6000
     c.model.box_head.pooler_resolution = 14
     c.model.box_head.sampling_ratio = 0  # adaptive, as the seed's C4 pooler
-    c.model.mask_head.pooler_resolution = 14
     c.model.mask_head.sampling_ratio = 0
     c.model.mask_head.resolution = 14  # res5 halves the 14x14 RoI features, the deconv doubles
     c.solver.ims_per_batch = 8

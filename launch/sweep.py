@@ -3,7 +3,7 @@
     python launch/sweep.py --config=configs/shapes_sweep.py:runlocal --root=/tmp/sweeps
     python launch/sweep.py --config=configs/r50_fpn_1x.py --set=model.roi_heads.aligned=False,True \
         --set=solver.base_lr=0.02,0.04 --nproc=8 --print             # the torchrun lines only
-    python launch/sweep.py --config=configs/r50_fpn_1x.py --set=... --print --slurm --nodes=2
+    python launch/sweep.py --config=configs/r50_fpn_1x.py --set=... --slurm --nodes=2  # sbatch lines
     python launch/sweep.py --config=configs/shapes_sweep.py --table-only  # re-read the workdirs
 
 The grid is the config file's `get_sweep(arg)` (a list of override dicts {"a.b": value}; a file
@@ -385,7 +385,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--name", default=None, help="sweep name (default: the config file's name)")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun if > 1)")
     p.add_argument("--print", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--slurm", action="store_true", help="with --print: sbatch lines")
+    p.add_argument("--slurm", action="store_true",
+                   help="print sbatch lines for launch/slurm.sbatch instead (implies --print)")
     p.add_argument("--nodes", type=int, default=1, help="with --slurm: nodes per run")
     p.add_argument("--table-only", action="store_true", help="only (re)write the table")
     return p.parse_args(argv), extra
@@ -400,7 +401,7 @@ def main(argv: Sequence[str]) -> int:
     sweep_dir = os.path.abspath(os.path.join(args.root, name))
     workdirs = [os.path.join(sweep_dir, s) for s in suffixes]
 
-    if args.print:
+    if args.print or args.slurm:  # this script never submits jobs itself
         for run, suffix, wd in zip(runs, suffixes, workdirs):
             cmd = (sbatch_command(config, _display(wd), run, extra, f"{name}-{suffix}", args.nodes)
                    if args.slurm else

@@ -346,3 +346,16 @@ def test_mask_targets_none_and_empty():
     with pytest.raises(ValueError):
         one = torch.tensor([0])
         mask_targets(torch.tensor([[0.0, 0, 5, 5]]), one, one, [None], 14)
+
+
+def test_rpn_targets_chunked_equals_whole(monkeypatch):
+    import mrcnn.modeling.targets as targets_module
+
+    _, anchors, targets = _rpn_case(3, (2, 5, 0))
+    gt = pad_gt(targets, torch.device("cpu"))
+    whole = rpn_targets(anchors, gt, 0.7, 0.3, (1, 1, 1, 1))
+    monkeypatch.setattr(targets_module, "MAX_IOU_ENTRIES", 1)  # one image per chunk
+    chunked = rpn_targets(anchors, gt, 0.7, 0.3, (1, 1, 1, 1))
+    assert torch.equal(whole[0], chunked[0])
+    pos = whole[0] > 0
+    assert torch.equal(whole[1][pos], chunked[1][pos])

@@ -126,17 +126,19 @@ def test_nms_ties_keep_input_order_and_empty():
     assert empty.dtype == torch.int64 and empty.shape == (0,)
 
 
-def test_nms_large_input_uses_parallel_sweep():
-    # More than one block of boxes and enough work for the threaded sweep.
+def test_nms_threaded_sweep(monkeypatch):
+    # Several blocks of boxes; the threaded sweep, normally kept for huge inputs, forced on.
+    monkeypatch.setenv("MRCNN_NMS_MIN_PARALLEL_WORK", "1")
     g = torch.Generator().manual_seed(4)
     boxes = _boxes(g, 3000, size=400.0)
     scores = torch.rand(3000, generator=g)
     assert torch.equal(ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
 
 
-@pytest.mark.parametrize("n,classes", [(200, 3), (3000, 40), (2500, 1)])
+@pytest.mark.parametrize("n,classes", [(200, 3), (3000, 40), (2500, 1), (6000, 3)])
 def test_batched_nms_equals_torchvision(n, classes):
-    # n=3000 goes through torchvision's per-class loop, n=200 through its coordinate offset.
+    # torchvision: n <= 1000 uses the coordinate offset, larger n a per-class loop. Ours: one
+    # thread for little work (200, 3000), categories in parallel (6000 / 3), one category (2500).
     g = torch.Generator().manual_seed(5)
     boxes = _boxes(g, n, size=300.0)
     # Distinct scores: torchvision's per-class path orders ties arbitrarily (unstable sort).

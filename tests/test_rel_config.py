@@ -24,8 +24,14 @@ def root(tmp_path_factory):
 
 
 def _main(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*args], cwd=faults.REPO, env=faults.child_env(torch.get_num_threads()),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*args],
+        cwd=faults.REPO,
+        env=faults.child_env(torch.get_num_threads()),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _nothing_written(w: str) -> None:
@@ -33,12 +39,15 @@ def _nothing_written(w: str) -> None:
     assert not [n for n in names if n.startswith("model_") or n == "metrics.jsonl"], names
 
 
-@pytest.mark.parametrize("override,key", [
-    ("--config.solver.base_lr=abc", "solver.base_lr"),  # wrong type
-    ("--config.solver.max_iter=1.5", "solver.max_iter"),  # float for an int
-    ("--config.model.backbone.dept=50", "dept"),  # unknown nested key
-    ("--config.solver.ims_per_batch=3", None),  # valid flag, impossible value: see below
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("--config.solver.base_lr=abc", "solver.base_lr"),  # wrong type
+        ("--config.solver.max_iter=1.5", "solver.max_iter"),  # float for an int
+        ("--config.model.backbone.dept=50", "dept"),  # unknown nested key
+        ("--config.solver.ims_per_batch=3", None),  # valid flag, impossible value: see below
+    ],
+)
 def test_bad_overrides_fail_at_start_naming_the_key(root, tmp_path, override, key):
     w = str(tmp_path / "w")
     extra = ["--config.solver.accumulate_steps=2"] if key is None else []
@@ -53,15 +62,19 @@ def test_bad_overrides_fail_at_start_naming_the_key(root, tmp_path, override, ke
     _nothing_written(w)
 
 
-@pytest.mark.parametrize("section,key,value,needle", [
-    ("solver", "base_lr", -0.02, "config.solver.base_lr=-0.02: must be > 0"),
-    ("solver", "max_iter", 1, "config.solver.warmup_iters=2: exceeds solver.max_iter=1"),
-    ("solver", "accumulate_steps", 0, "config.solver.accumulate_steps=0"),
-    ("data", "on_bad_image", "ignore", "config.data.on_bad_image='ignore'"),
-    ("init", "format", "caffe2", "config.init.format='caffe2'"),
-])
-def test_impossible_values_are_one_line_user_errors_before_any_work(root, tmp_path, section, key,
-                                                                    value, needle):
+@pytest.mark.parametrize(
+    "section,key,value,needle",
+    [
+        ("solver", "base_lr", -0.02, "config.solver.base_lr=-0.02: must be > 0"),
+        ("solver", "max_iter", 1, "config.solver.warmup_iters=2: exceeds solver.max_iter=1"),
+        ("solver", "accumulate_steps", 0, "config.solver.accumulate_steps=0"),
+        ("data", "on_bad_image", "ignore", "config.data.on_bad_image='ignore'"),
+        ("init", "format", "caffe2", "config.init.format='caffe2'"),
+    ],
+)
+def test_impossible_values_are_one_line_user_errors_before_any_work(
+    root, tmp_path, section, key, value, needle
+):
     c = faults.tiny_config(root, 2)
     c[section][key] = value
     w = str(tmp_path / "w")
@@ -92,8 +105,11 @@ def test_weights_of_another_architecture_list_the_mismatched_keys(root, tmp_path
     _nothing_written(str(tmp_path / "a"))
     # Through main.py: exit 2, the keys listed, no traceback.
     w = str(tmp_path / "b")
-    r = _main(*faults.main_argv(root, w, 2), f"--config.init.weights={deeper}",
-              "--config.deterministic=False")
+    r = _main(
+        *faults.main_argv(root, w, 2),
+        f"--config.init.weights={deeper}",
+        "--config.deterministic=False",
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in out, out[-3000:]
     assert "unexpected keys" in out and "backbone.body.res2.2.conv1.weight" in out, out[-3000:]
@@ -101,11 +117,14 @@ def test_weights_of_another_architecture_list_the_mismatched_keys(root, tmp_path
     _nothing_written(w)
 
 
-@pytest.mark.parametrize("content,needle", [
-    (None, "FileNotFoundError"),
-    (b"", "cannot read weights file"),
-    (b"PK\x03\x04 truncated zip", "cannot read weights file"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "FileNotFoundError"),
+        (b"", "cannot read weights file"),
+        (b"PK\x03\x04 truncated zip", "cannot read weights file"),
+    ],
+)
 def test_unreadable_init_weights_are_user_errors_naming_the_file(root, tmp_path, content, needle):
     path = str(tmp_path / "w.pth")
     if content is not None:
@@ -117,8 +136,7 @@ def test_unreadable_init_weights_are_user_errors_naming_the_file(root, tmp_path,
     assert msg is not None and "WeightsError" in msg and path in msg and needle in msg, msg
 
 
-def test_workdir_whose_checkpoints_are_all_unreadable_does_not_restart_from_zero(root,
-                                                                                  tmp_path):
+def test_workdir_whose_checkpoints_are_all_unreadable_does_not_restart_from_zero(root, tmp_path):
     """Starting again from iteration 0 would throw the run away (and prune its checkpoints as
     the new run overtook them); the run stops and says what to do instead."""
     w = str(tmp_path / "w")
@@ -129,8 +147,12 @@ def test_workdir_whose_checkpoints_are_all_unreadable_does_not_restart_from_zero
     msg = faults.run_in_process("train", faults.tiny_config(root, 2), w)
     assert msg is not None and "CheckpointError" in msg, msg
     assert "model_0000100.pth" in msg and "model_0000200.pth" in msg and "move them" in msg
-    assert sorted(os.listdir(w)) == ["config.json", "log.txt", "model_0000100.pth",
-                                     "model_0000200.pth"]
+    assert sorted(os.listdir(w)) == [
+        "config.json",
+        "log.txt",
+        "model_0000100.pth",
+        "model_0000200.pth",
+    ]
     with pytest.raises(checkpoint.CheckpointError):
         train.train(faults.tiny_config(root, 2), w, torch.device("cpu"))
 

@@ -35,8 +35,14 @@ def test_bad_input_catalogue_is_handled(tmp_path):
 
 
 def _main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*args], cwd=faults.REPO, env=faults.child_env(torch.get_num_threads()),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*args],
+        cwd=faults.REPO,
+        env=faults.child_env(torch.get_num_threads()),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _damaged_dataset(folder: str) -> tuple[str, str]:
@@ -50,10 +56,22 @@ def _damaged_dataset(folder: str) -> tuple[str, str]:
     with open(os.path.join(img_dir, d["images"][5]["file_name"]), "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n garbage")
     d["annotations"] += [
-        {"id": 900, "image_id": 2, "category_id": 42, "iscrowd": 0, "bbox": [1, 1, 9, 9],
-         "segmentation": [[1, 1, 10, 1, 10, 10]]},
-        {"id": 901, "image_id": 3, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 9, 9],
-         "segmentation": [[1, 1, float("nan"), 1, 10, 10]]},
+        {
+            "id": 900,
+            "image_id": 2,
+            "category_id": 42,
+            "iscrowd": 0,
+            "bbox": [1, 1, 9, 9],
+            "segmentation": [[1, 1, 10, 1, 10, 10]],
+        },
+        {
+            "id": 901,
+            "image_id": 3,
+            "category_id": 1,
+            "iscrowd": 0,
+            "bbox": [1, 1, 9, 9],
+            "segmentation": [[1, 1, float("nan"), 1, 10, 10]],
+        },
     ]
     with open(ann_file, "w") as f:
         json.dump(d, f)
@@ -112,16 +130,24 @@ def _clean(ann_file, d, img_dir):
     _write(ann_file, d)
 
 
-@pytest.mark.parametrize("damage,data,model,needles", [
-    (_break_json, {}, {}, ["AnnotationError", "ann.json: not valid JSON"]),
-    (_unknown_category, {}, {}, ["ann.json: image 2, annotation 101: category_id 99"]),
-    (_missing_image, {"on_bad_image": "fail"}, {}, ["ImageError", "images/001.png"]),
-    # The model has fewer outputs than the data has categories: a config error.
-    (_clean, {}, {"num_classes": 3}, ["ConfigError", "config.model.num_classes=3",
-                                      "num_classes=4"]),
-])
-def test_unusable_data_is_a_user_error_naming_the_record(root, tmp_path, damage, data, model,
-                                                         needles):
+@pytest.mark.parametrize(
+    "damage,data,model,needles",
+    [
+        (_break_json, {}, {}, ["AnnotationError", "ann.json: not valid JSON"]),
+        (_unknown_category, {}, {}, ["ann.json: image 2, annotation 101: category_id 99"]),
+        (_missing_image, {"on_bad_image": "fail"}, {}, ["ImageError", "images/001.png"]),
+        # The model has fewer outputs than the data has categories: a config error.
+        (
+            _clean,
+            {},
+            {"num_classes": 3},
+            ["ConfigError", "config.model.num_classes=3", "num_classes=4"],
+        ),
+    ],
+)
+def test_unusable_data_is_a_user_error_naming_the_record(
+    root, tmp_path, damage, data, model, needles
+):
     img_dir, ann_file, d = faults.write_coco(str(tmp_path / "ds"), n=4)
     damage(ann_file, d, img_dir)
     c = _config(root, img_dir, ann_file, **data)
@@ -136,9 +162,12 @@ def test_unusable_data_is_a_user_error_naming_the_record(root, tmp_path, damage,
 def test_main_prints_a_data_error_in_one_line_and_exits_2(root, tmp_path):
     img_dir, ann_file, d = faults.write_coco(str(tmp_path / "ds"), n=4)
     _unknown_category(ann_file, d, img_dir)
-    r = _main(*faults.main_argv(root, str(tmp_path / "w"), 2),
-              f"--config.data.train.img_dir={img_dir}", f"--config.data.train.ann_file={ann_file}",
-              "--config.deterministic=False")
+    r = _main(
+        *faults.main_argv(root, str(tmp_path / "w"), 2),
+        f"--config.data.train.img_dir={img_dir}",
+        f"--config.data.train.ann_file={ann_file}",
+        "--config.deterministic=False",
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 2, out[-3000:]
     assert "Traceback" not in out, out[-3000:]

@@ -58,11 +58,21 @@ def _unsafe_calls(path: str) -> list[str]:
         where = f"{rel}:{node.lineno}: {name}("
         if name in ("torch.load", "torch.serialization.load") or name.endswith(".torch.load"):
             kw = {k.arg: k.value for k in node.keywords}
-            ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
+            ok = (
+                isinstance(kw.get("weights_only"), ast.Constant)
+                and kw["weights_only"].value is True
+            )
             if not ok:
                 found.append(where + " without weights_only=True")
-        elif name in ("pickle.load", "pickle.loads", "pickle.Unpickler", "dill.load",
-                      "dill.loads", "cloudpickle.load", "cloudpickle.loads"):
+        elif name in (
+            "pickle.load",
+            "pickle.loads",
+            "pickle.Unpickler",
+            "dill.load",
+            "dill.loads",
+            "cloudpickle.load",
+            "cloudpickle.loads",
+        ):
             if rel not in PICKLE_ALLOWED:
                 found.append(where + " unpickles")
         elif name in ("eval", "exec", "yaml.load", "yaml.unsafe_load", "marshal.loads"):
@@ -122,11 +132,19 @@ def test_annotation_strings_that_look_like_code_stay_strings(tmp_path):
         "info": {"description": payloads[0]},
         "images": [{"id": 1, "file_name": payloads[1] + ".png", "height": 20, "width": 20}],
         "categories": [{"id": i + 1, "name": p} for i, p in enumerate(payloads)],
-        "annotations": [{
-            "id": 5, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 5, 5],
-            "segmentation": [[1, 1, 6, 1, 6, 6]],
-            "__class__": payloads[0], "__reduce__": [payloads[2]], "attributes": {"$eval": "1"},
-        }],
+        "annotations": [
+            {
+                "id": 5,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [1, 1, 5, 5],
+                "segmentation": [[1, 1, 6, 1, 6, 6]],
+                "__class__": payloads[0],
+                "__reduce__": [payloads[2]],
+                "attributes": {"$eval": "1"},
+            }
+        ],
     }
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(d))
@@ -187,10 +205,17 @@ def test_main_refuses_pickled_init_weights_in_one_line(tmp_path):
     _evil_file(evil, marker)
     root = str(tmp_path / "data")
     r = subprocess.run(
-        [*faults.main_argv(root, str(tmp_path / "w"), 2), f"--config.init.weights={evil}",
-         "--config.deterministic=False"],
-        cwd=faults.REPO, env=faults.child_env(torch.get_num_threads()), capture_output=True,
-        text=True, timeout=300)
+        [
+            *faults.main_argv(root, str(tmp_path / "w"), 2),
+            f"--config.init.weights={evil}",
+            "--config.deterministic=False",
+        ],
+        cwd=faults.REPO,
+        env=faults.child_env(torch.get_num_threads()),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in out, out[-3000:]
     assert "WeightsError" in out and str(evil) in out and "Weights only load failed" in out

@@ -193,3 +193,77 @@ def test_sweep_of_two_tiny_ablations_writes_its_table(tmp_path):
     printed = _sweep([*args[:2], "--print", "--nproc=2", "--", *TINY_RUN], env).splitlines()
     assert len(printed) == 2 and all("--nproc_per_node=2 main.py" in p for p in printed)
     assert "--config.model.roi_heads.aligned=True" in printed[1]
+
+
+# ----------------------------------------------------------------------------- ablation configs
+
+# Each ablation: (module, base module, every key it changes from the base with its value).
+ABLATIONS = {
+    "r101_fpn_1x": ("r50_fpn_1x", {"model.backbone.depth": 101}),
+    "r50_c4_1x": ("r50_fpn_1x", {
+        "model.backbone.fpn": False, "model.rpn.pre_nms_top_n_train": 12000,
+        "model.rpn.pre_nms_top_n_test": 6000, "model.box_head.pooler_resolution": 14,
+        "model.box_head.sampling_ratio": 0,
+        "model.mask_head.sampling_ratio": 0, "model.mask_head.resolution": 14,
+        "solver.ims_per_batch": 8, "solver.base_lr": 0.01, "solver.steps": (120000, 160000),
+        "solver.max_iter": 180000, "solver.checkpoint_period": 5000}),
+    "r101_c4_1x": ("r50_c4_1x", {"model.backbone.depth": 101}),
+    "r50_fpn_gn_1x": ("r50_fpn_1x", {
+        "model.backbone.norm": "GN", "model.backbone.fpn_norm": "GN",
+        "model.mask_head.norm": "GN", "solver.weight_decay_norm": 1e-4}),
+    "r50_fpn_1x_bf16": ("r50_fpn_1x", {"dtype": "bfloat16"}),
+    "r50_fpn_ms_1x": ("r50_fpn_1x", {"input.min_size_train": (640, 672, 704, 736, 768, 800)}),
+    "r50_fpn_aligned_1x": ("r50_fpn_1x", {"model.roi_heads.aligned": True}),
+    "r50_fpn_1x_1gpu": ("r50_fpn_1x", {
+        "solver.base_lr": 0.0025, "solver.ims_per_batch": 2, "solver.steps": (480000, 640000),
+        "solver.max_iter": 720000}),
+    "shapes_sweep": ("shapes", {}),
+}
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_configs_change_only_what_they_say(name):
+    import importlib
+
+    from mrcnn import config_check
+
+    base_name, changes = ABLATIONS[name]
+    module = importlib.import_module(f"configs.{name}")
+    base = importlib.import_module(f"configs.{base_name}")
+    assert module.__doc__ and "launch/" in module.__doc__ and "Expected" in module.__doc__
+    for arg in (None, "runlocal"):
+        c, b = module.get_config(arg), base.get_config(arg)
+        config_check.validate(c)
+        fc, fb = _flat(c.to_dict()), _flat(b.to_dict())
+        assert fc.keys() == fb.keys()
+        diff = {k: fc[k] for k in fc if fc[k] != fb[k] and k != "name"}
+        expected = changes if arg is None else {  # runlocal shrinks some of them back
+            k: v for k, v in changes.items() if fc[k] != fb[k]}
+        assert diff == expected
+        assert c.name == name
+
+
+@pytest.mark.parametrize("name", ["r50_c4_1x", "r50_fpn_gn_1x"])
+def test_structural_ablations_build_their_model(name):
+    import importlib
+
+    import torch
+
+    from mrcnn.modeling import build_model
+
+    c = importlib.import_module(f"configs.{name}").get_config("runlocal")
+    model = build_model(c.model)
+    if name == "r50_c4_1x":
+        assert model.mask_head is None and model.mask_resolution == c.model.mask_head.resolution
+    else:
+        assert any(isinstance(m, torch.nn.GroupNorm) for m in model.backbone.modules())

@@ -21,6 +21,9 @@ from mrcnn.modeling.sampling import sample_pos_neg
 from mrcnn.structures import Targets
 
 
+MAX_IOU_ENTRIES = 1 << 26
+
+
 @dataclasses.dataclass
 class PaddedGT:
     """Ground truth of a batch padded to M = max(1, most boxes in one image).
@@ -68,10 +71,20 @@ def rpn_targets(
 
     Low-quality matches are kept (each gt's best anchors are positives), as torchvision's RPN.
     """
-    matched = match(
-        _quality(gt, anchors), fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True,
-        gt_valid=gt.valid,
-    )
+    b, m = gt.valid.shape
+    # The [B, M, N] IoU matrix (and its temporaries) is the largest tensor of a step at 800 x
+    # 1333 px (~270k anchors): images are matched in chunks that keep it under ~2^26 entries.
+    chunk = max(1, MAX_IOU_ENTRIES // max(1, m * anchors.shape[0]))
+    parts = []
+    for i in range(0, b, chunk):
+        sub = PaddedGT(gt.boxes[i : i + chunk], gt.labels[i : i + chunk], gt.valid[i : i + chunk])
+        parts.append(
+            match(
+                _quality(sub, anchors), fg_iou_thresh, bg_iou_thresh,
+                allow_low_quality_matches=True, gt_valid=sub.valid,
+            )
+        )
+    matched = torch.cat(parts) if len(parts) > 1 else parts[0]
     ignore = torch.full_like(matched, -1)
     labels = torch.where(
         matched >= 0,

@@ -5,6 +5,9 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <cmath>
+#include <type_traits>
+
 #include "common.h"
 
 namespace mrcnn {
@@ -43,10 +46,16 @@ inline void check_decode_args(const at::Tensor& deltas, const at::Tensor& boxes,
   TORCH_CHECK(at::isFloatingType(deltas.scalar_type()), "deltas must be floating point");
 }
 
+// exp in the accumulation type: expf for float/half/bfloat16 (not the double exp that a bare
+// exp(float) resolves to on the host), exp for double.
 template <typename T>
 MRCNN_HD T exp_of(T v) {
   using acc_t = at::opmath_type<T>;
-  return static_cast<T>(::exp(static_cast<acc_t>(v)));
+  if constexpr (std::is_same<acc_t, float>::value) {
+    return static_cast<T>(expf(static_cast<float>(v)));
+  } else {
+    return static_cast<T>(exp(static_cast<double>(v)));
+  }
 }
 
 // Decodes column group j of row r (i = r * per_row + j): deltas[r, 4j:4j+4] on boxes[r].

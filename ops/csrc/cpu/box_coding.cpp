@@ -14,6 +14,11 @@
 namespace mrcnn {
 namespace {
 
+// Elements per task, about half a millisecond of work: smaller tasks would make threads (and,
+// on a busy machine, waiting for a descheduled one) cost more than they save.
+constexpr int64_t kAnchorChunk = int64_t(1) << 18;
+constexpr int64_t kDecodeChunk = int64_t(1) << 16;  // exp() makes decoding ~4x dearer per element
+
 at::Tensor grid_anchors_cpu(const at::Tensor& base_anchors, int64_t feat_h, int64_t feat_w,
                             int64_t stride_h, int64_t stride_w) {
   TORCH_CHECK(base_anchors.dim() == 2 && base_anchors.size(1) == 4, "base_anchors must be [A, 4]");
@@ -26,7 +31,7 @@ at::Tensor grid_anchors_cpu(const at::Tensor& base_anchors, int64_t feat_h, int6
                                   "mrcnn_grid_anchors", [&] {
     const scalar_t* bp = base.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    dynamic_parallel_for(0, feat_h * feat_w * a, 16384, [&](int64_t i0, int64_t i1) {
+    dynamic_parallel_for(0, feat_h * feat_w * a, kAnchorChunk, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) grid_anchor<scalar_t>(bp, op, i, feat_w, a, stride_h, stride_w);
     });
   });
@@ -46,7 +51,7 @@ at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
     const scalar_t* dp = d.data_ptr<scalar_t>();
     const scalar_t* bp = b.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    dynamic_parallel_for(0, n * per_row, 16384, [&](int64_t i0, int64_t i1) {
+    dynamic_parallel_for(0, n * per_row, kDecodeChunk, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) decode_one<scalar_t>(dp, bp, op, i, per_row, prm);
     });
   });

@@ -4,13 +4,13 @@
 // Greedy NMS is sequential in the kept boxes, but the work is in the IoU rows. Boxes are sorted
 // once (stable, descending score) and laid out as structure-of-arrays; they are processed in
 // blocks of 512: the block is resolved sequentially, then the boxes it kept suppress every later
-// box in one branch-free, vectorisable, multi-threaded sweep. Large blocks keep the number of
-// parallel regions (thread wake-ups and barriers) small.
+// box in one branch-free, vectorisable sweep (multi-threaded only for very large inputs).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "../common.h"
@@ -21,7 +21,14 @@ namespace {
 
 constexpr int64_t kBlock = 512;         // boxes resolved sequentially before a parallel sweep
 constexpr int64_t kTile = 1024;          // later boxes swept per kept box while they stay in L1
-constexpr int64_t kMinParallel = 1 << 20; // IoUs in a sweep below which threads cost more
+// IoUs in a sweep (~15 ms) below which it stays on one thread. Each sweep is a fork-join; on a
+// shared machine a join can wait a whole scheduler slice for a descheduled thread, which for
+// the usual sizes (a few thousand boxes, ~25 sweeps) costs more than a second thread saves.
+// MRCNN_NMS_MIN_PARALLEL_WORK overrides it (tests use it to exercise the threaded sweep).
+int64_t min_parallel_work() {
+  const char* env = std::getenv("MRCNN_NMS_MIN_PARALLEL_WORK");
+  return env ? std::atoll(env) : int64_t(1) << 25;
+}
 
 template <typename T>
 struct SoA {
@@ -56,6 +63,7 @@ void greedy_nms(const SoA<T>& s, int64_t begin, int64_t end, T thr, int32_t* rem
   const T* ar = s.area.data();
   std::vector<int64_t> kept;
   kept.reserve(kBlock);
+  const int64_t min_work = parallel ? min_parallel_work() : 0;
   for (int64_t bs = begin; bs < end; bs += kBlock) {
     const int64_t be = std::min(end, bs + kBlock);
     kept.clear();
@@ -82,7 +90,7 @@ void greedy_nms(const SoA<T>& s, int64_t begin, int64_t end, T thr, int32_t* rem
         }
       }
     };
-    if (parallel && int64_t(kept.size()) * (end - be) >= kMinParallel) {
+    if (parallel && int64_t(kept.size()) * (end - be) >= min_work) {
       dynamic_parallel_for(be, end, kTile, sweep);
     } else {
       sweep(be, end);
@@ -142,10 +150,12 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
   const int64_t* pm = perm.data_ptr<int64_t>();
   const int64_t* cv = cls_values.data_ptr<int64_t>();
   std::vector<int64_t> seg{0};
-  int64_t largest = 0;
+  int64_t largest = 0, work = 0;  // work: IoUs of a per-category NMS without suppression
   for (int64_t p = 1; p <= n; ++p) {
     if (p == n || cv[p] != cv[p - 1]) {
-      largest = std::max(largest, p - seg.back());
+      const int64_t len = p - seg.back();
+      largest = std::max(largest, len);
+      work += len * (len - 1) / 2;
       seg.push_back(p);
     }
   }
@@ -155,14 +165,17 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "mrcnn_batched_nms", [&] {
     const SoA<scalar_t> s = gather_boxes(b.data_ptr<scalar_t>(), pm, n);
     const scalar_t thr = threshold_as<scalar_t>(iou_threshold);
-    // Many balanced categories: one thread per category. One dominant category: parallelise
-    // inside it instead.
-    if (nseg > 1 && largest * 2 <= n) {
+    // Many balanced categories: categories in parallel (one fork-join, and only when there is
+    // a few milliseconds of work). One dominant category: its sweeps may thread instead.
+    if (nseg > 1 && largest * 2 <= n && work >= (int64_t(1) << 22)) {
       dynamic_parallel_for(0, nseg, 1, [&](int64_t a, int64_t e) {
         for (int64_t c = a; c < e; ++c) greedy_nms(s, seg[c], seg[c + 1], thr, removed.data(), false);
       });
     } else {
-      for (int64_t c = 0; c < nseg; ++c) greedy_nms(s, seg[c], seg[c + 1], thr, removed.data(), true);
+      const bool dominant = largest * 2 > n;
+      for (int64_t c = 0; c < nseg; ++c) {
+        greedy_nms(s, seg[c], seg[c + 1], thr, removed.data(), dominant);
+      }
     }
   });
   std::vector<uint8_t> keep_orig(n, 0);
