@@ -156,7 +156,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --------------------------------------------------------------- test / eval
     c.test = ml_collections.ConfigDict()
-    c.test.ims_per_batch = 8
+    c.test.ims_per_batch = 8  # global, split across ranks (as the seed)
     c.eval = ml_collections.ConfigDict()
     c.eval.period = 0  # iterations between evaluations during training; 0: off
     c.eval.per_epoch = False  # also evaluate after every epoch (the seed's PER_EPOCH_EVAL)

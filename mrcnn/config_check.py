@@ -31,8 +31,9 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
             s.ims_per_batch,
             f"must divide by world size x accumulate_steps = {world_size} x {s.accumulate_steps}",
         )
-    if config.test.ims_per_batch <= 0:
-        _fail("test.ims_per_batch", config.test.ims_per_batch, "must be > 0")
+    if config.test.ims_per_batch <= 0 or config.test.ims_per_batch % world_size:
+        _fail("test.ims_per_batch", config.test.ims_per_batch,
+              f"the global test batch must be > 0 and divide by the world size {world_size}")
     if s.max_iter <= 0:
         _fail("solver.max_iter", s.max_iter, "must be > 0")
     if mode == "train" and s.warmup_iters > s.max_iter:

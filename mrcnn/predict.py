@@ -246,7 +246,7 @@ def predict(
 
     loader = DataLoader(
         _ImageFiles(inputs.paths[lo:hi], lo, config.input),
-        batch_size=config.test.ims_per_batch,
+        batch_size=max(1, config.test.ims_per_batch // dist.world_size()),  # global batch
         shuffle=False,
         num_workers=config.data.num_workers,
         collate_fn=functools.partial(_collate, size_divisibility=config.input.size_divisibility),

@@ -135,10 +135,10 @@ def test_nms_threaded_sweep(monkeypatch):
     assert torch.equal(ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
 
 
-@pytest.mark.parametrize("n,classes", [(200, 3), (3000, 40), (2500, 1), (6000, 3)])
+@pytest.mark.parametrize("n,classes", [(200, 3), (3000, 40), (2500, 1), (5400, 3)])
 def test_batched_nms_equals_torchvision(n, classes):
     # torchvision: n <= 1000 uses the coordinate offset, larger n a per-class loop. Ours: one
-    # thread for little work (200, 3000), categories in parallel (6000 / 3), one category (2500).
+    # thread for little work (200, 3000), categories in parallel (5400 / 3), one category (2500).
     g = torch.Generator().manual_seed(5)
     boxes = _boxes(g, n, size=300.0)
     # Distinct scores: torchvision's per-class path orders ties arbitrarily (unstable sort).
@@ -146,7 +146,8 @@ def test_batched_nms_equals_torchvision(n, classes):
     idxs = torch.randint(0, classes, (n,), generator=g) * 7 - 3  # arbitrary, negative ids too
     want = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
     assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5), want)
-    assert torch.equal(reference.batched_nms(boxes, scores, idxs, 0.5), want)
+    if n <= 3000:  # the reference loops in Python once per kept box
+        assert torch.equal(reference.batched_nms(boxes, scores, idxs, 0.5), want)
 
 
 def test_batched_nms_tied_scores():

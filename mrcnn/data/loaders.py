@@ -181,7 +181,8 @@ def build_test_loader(
 ) -> tuple[TestLoader, CocoTestDataset]:
     """(loader, dataset) for evaluating on `dataset_cfg` (default `config.data.val`).
 
-    Batches of `test.ims_per_batch` images; rank r of W gets a contiguous shard of the images,
+    Batches of `test.ims_per_batch` images over all ranks (the global batch, as in the seed;
+    each rank takes `test.ims_per_batch // W`); rank r of W gets a contiguous shard of the images,
     disjoint from the others, so every image is seen exactly once over all ranks. The dataset
     exposes `ann_file` (for pycocotools), `image_ids` (the images evaluated: the first
     `eval.num_images` when > 0) and `meta`.
@@ -203,7 +204,7 @@ def build_test_loader(
     shard = shard_range(len(dataset), rank, world_size)
     loader = DataLoader(
         Subset(dataset, list(shard)),
-        batch_size=int(config.test.ims_per_batch),
+        batch_size=max(1, int(config.test.ims_per_batch) // world_size),  # global, as the seed
         shuffle=False,
         num_workers=int(config.data.num_workers),
         collate_fn=functools.partial(
