@@ -70,7 +70,9 @@ def pip_cuda_includes() -> list[str]:
 
 def extension():
     csrc = os.path.join("ops", "csrc")
-    sources = [os.path.join(csrc, "ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    sources = [os.path.join(csrc, "ops.cpp")] + sorted(
+        glob.glob(os.path.join(csrc, "cpu", "*.cpp"))
+    )
     cuda = want_cuda()
     archs = os.environ["TORCH_CUDA_ARCH_LIST"] if cuda else ""
     defines = [
@@ -82,8 +84,13 @@ def extension():
     # torchvision's (an fma rounds once where torchvision rounds twice).
     cxx = ["-O3", "-ffp-contract=off", "-fopenmp"]
     if not cuda:
-        return CppExtension("ops._C", sources, define_macros=defines,
-                            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+        return CppExtension(
+            "ops._C",
+            sources,
+            define_macros=defines,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
     sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
     nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
     return CUDAExtension(

@@ -147,6 +147,20 @@ def wait_for_line(
     raise TimeoutError(f"no line matching {pattern!r} in {log_path} after {timeout:.0f} s")
 
 
+def wait_for_write(proc: subprocess.Popen, workdir: str, timeout: float) -> bool:
+    """Polls `workdir` until a checkpoint write starts (a new temporary file: True) or the
+    process exits (False)."""
+    before = set(tmp_leftovers(workdir)) if os.path.isdir(workdir) else set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.isdir(workdir) and set(tmp_leftovers(workdir)) - before:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.0005)
+    raise TimeoutError(f"no checkpoint write in {workdir} after {timeout:.0f} s")
+
+
 def resumed_at(text: str) -> int | None:
     """The iteration a run's log says it resumed from (None: it started from scratch)."""
     m = re.findall(r"resumed from \S+ at iteration (\d+)", text)
@@ -249,7 +263,7 @@ def _quiet():
 @dataclasses.dataclass
 class KillRound:
     n: int
-    how: str  # "in-save": inside torch.save; random: "startup", "1st step" or "training"
+    how: str  # "in-save": inside torch.save; random: startup, 1st step, in write, training
     delay_s: float
     killed: bool  # False: the run ended (finished or crashed) before the kill
     returncode: int | None = None
@@ -337,15 +351,19 @@ def kill_campaign(
             killed = proc.returncode == -signal.SIGKILL
         else:
             proc = spawn(argv, log_path, env)
-            # A fifth of the kills land in start-up, a quarter in the first step (warm-up,
-            # resume), the rest in the steady steps, checkpoint writes included.
+            # Kills land in start-up, in the first step (warm-up, resume), in the steady steps,
+            # or right after a checkpoint write has begun (it takes a few milliseconds).
             u = rng.random()
-            if u < 0.2:
+            if u < 0.15:
                 how, delay = "startup", rng.uniform(0, timing["startup_s"])
                 time.sleep(delay)
-            elif u < 0.45:
+            elif u < 0.35:
                 how, delay = "1st step", rng.uniform(0, timing["first_step_s"])
                 if wait_for_line(proc, log_path, r"training from iteration", 600):
+                    time.sleep(delay)
+            elif u < 0.65:
+                how, delay = "in write", rng.uniform(0, 0.005)
+                if wait_for_write(proc, w, 600):
                     time.sleep(delay)
             else:
                 how, delay = "training", rng.uniform(0, 2.5 * timing["step_s"])
@@ -1209,7 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
                     [
                         r.n,
                         r.how if r.killed else f"{r.how} (finished first)",
-                        f"{r.delay_s:.2f}",
+                        f"{r.delay_s:.3f}",
                         r.resumable_from,
                         "yes" if r.during_save else "",
                         r.resumed_at,
@@ -1221,7 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             "\n(after: seconds after the start (startup), the training loop's first line (1st "
-            "step) or the first step's log line (training))"
+            "step), a checkpoint write's start (in write) or a step's log line (training))"
         )
 
     print("\n## Summary\n")

@@ -72,17 +72,26 @@ def run(repeats: int) -> list[dict]:
 
     def add(name: str, ours: Callable, base: Callable, baseline: str = "torchvision") -> None:
         t_ours, t_base = _median_ms(ours, repeats), _median_ms(base, repeats)
-        rows.append({"op": name, "ours_ms": t_ours, "baseline_ms": t_base,
-                     "ratio": t_ours / t_base, "baseline": baseline})
+        rows.append(
+            {
+                "op": name,
+                "ours_ms": t_ours,
+                "baseline_ms": t_base,
+                "ratio": t_ours / t_base,
+                "baseline": baseline,
+            }
+        )
         print(f"  {name}: {t_ours:.2f} ms vs {t_base:.2f} ms", flush=True)
 
     # RoIAlign: an FPN P2-sized level, 1000 RoIs, 7x7, sampling_ratio 2.
     feat = torch.randn(1, 256, 200, 304, generator=g)
     rois = torch.cat([torch.zeros(1000, 1), _proposals(1000, 800, 1216, g)], 1)
     scale = 0.25
-    add("roi_align fwd 1000x256x7x7",
+    add(
+        "roi_align fwd 1000x256x7x7",
         lambda: ops.roi_align(feat, rois, 7, scale, 2, False),
-        lambda: torchvision.ops.roi_align(feat, rois, 7, scale, 2, False))
+        lambda: torchvision.ops.roi_align(feat, rois, 7, scale, 2, False),
+    )
     feat_g = feat.clone().requires_grad_(True)
 
     def fwd_bwd(fn: Callable) -> Callable:
@@ -90,51 +99,70 @@ def run(repeats: int) -> list[dict]:
             out = fn(feat_g, rois, 7, scale, 2, False)
             (grad,) = torch.autograd.grad(out, feat_g, torch.ones_like(out))
             return grad
+
         return step
 
-    add("roi_align fwd+bwd 1000x256x7x7", fwd_bwd(ops.roi_align), fwd_bwd(torchvision.ops.roi_align))
+    add(
+        "roi_align fwd+bwd 1000x256x7x7", fwd_bwd(ops.roi_align), fwd_bwd(torchvision.ops.roi_align)
+    )
 
     boxes = _proposals(12000, 800, 1216, g)
     scores = torch.rand(12000, generator=g)
-    add("nms 12000 @0.7", lambda: ops.nms(boxes, scores, 0.7),
-        lambda: torchvision.ops.nms(boxes, scores, 0.7))
+    add(
+        "nms 12000 @0.7",
+        lambda: ops.nms(boxes, scores, 0.7),
+        lambda: torchvision.ops.nms(boxes, scores, 0.7),
+    )
     classes = torch.randint(0, 80, (12000,), generator=g)
-    add("batched_nms 12000 / 80 classes @0.5",
+    add(
+        "batched_nms 12000 / 80 classes @0.5",
         lambda: ops.batched_nms(boxes, scores, classes, 0.5),
-        lambda: torchvision.ops.batched_nms(boxes, scores, classes, 0.5))
+        lambda: torchvision.ops.batched_nms(boxes, scores, classes, 0.5),
+    )
     b1, b2 = boxes[:2000], boxes[2000:4000]
     add("box_iou 2000x2000", lambda: ops.box_iou(b1, b2), lambda: torchvision.ops.box_iou(b1, b2))
 
     masks = torch.rand(100, 28, 28, generator=g)
     det = _proposals(100, 800, 1216, g).clamp(max=torch.tensor([1215, 799, 1215, 799.0]))
-    add("paste_masks 100x28x28 -> 800x1216",
+    add(
+        "paste_masks 100x28x28 -> 800x1216",
         lambda: ops.paste_masks(masks, det, 800, 1216),
-        lambda: paste_masks_in_image(masks[:, None], det, (800, 1216))[:, 0] > 0.5)
+        lambda: paste_masks_in_image(masks[:, None], det, (800, 1216))[:, 0] > 0.5,
+    )
 
     poly = _polygon_batch(512, g)
-    add("polygons_to_masks 512 RoIs 28x28",
+    add(
+        "polygons_to_masks 512 RoIs 28x28",
         lambda: ops.polygons_to_masks(*poly, 28),
         lambda: reference.polygons_to_masks_pycocotools(*poly, 28),
-        baseline="pycocotools (seed)")
+        baseline="pycocotools (seed)",
+    )
 
     gen = AnchorGenerator(((32,),), ((0.5, 1.0, 2.0),))
     cell = gen.cell_anchors[0].round()
-    add("grid_anchors 200x304x3",
+    add(
+        "grid_anchors 200x304x3",
         lambda: ops.grid_anchors(cell, 200, 304, 4),
-        lambda: gen.grid_anchors([(200, 304)], [[torch.tensor(4), torch.tensor(4)]]))
+        lambda: gen.grid_anchors([(200, 304)], [[torch.tensor(4), torch.tensor(4)]]),
+    )
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
     deltas = torch.randn(200 * 304 * 3, 4, generator=g) * 0.1
     anchors = _proposals(200 * 304 * 3, 800, 1216, g)
-    add("decode_boxes 182400", lambda: ops.decode_boxes(deltas, anchors),
-        lambda: coder.decode_single(deltas, anchors))
+    add(
+        "decode_boxes 182400",
+        lambda: ops.decode_boxes(deltas, anchors),
+        lambda: coder.decode_single(deltas, anchors),
+    )
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| op | ours (ms) | baseline (ms) | ratio | baseline |", "|---|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['op']} | {r['ours_ms']:.2f} | {r['baseline_ms']:.2f} | "
-                     f"{r['ratio']:.3f} | {r['baseline']} |")
+        lines.append(
+            f"| {r['op']} | {r['ours_ms']:.2f} | {r['baseline_ms']:.2f} | "
+            f"{r['ratio']:.3f} | {r['baseline']} |"
+        )
     return "\n".join(lines)
 
 

@@ -187,7 +187,9 @@ def grid_anchors(
     """
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
     if _native(base_anchors):
-        return torch.ops.mrcnn.grid_anchors(base_anchors, int(feat_h), int(feat_w), int(sh), int(sw))
+        return torch.ops.mrcnn.grid_anchors(
+            base_anchors, int(feat_h), int(feat_w), int(sh), int(sw)
+        )
     return reference.grid_anchors(base_anchors, feat_h, feat_w, (sh, sw))
 
 

@@ -150,6 +150,18 @@ def _bilinear_coords(v: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tens
     return low, high, 1.0 - lw, lw, valid
 
 
+def _gather(feat: Tensor, yi: Tensor, xi: Tensor, width: int) -> Tensor:
+    """feat [k, C, H*W] at rows yi [k, PH] and columns xi [k, PW] -> [k, C, PH, PW]."""
+    k, c = feat.shape[:2]
+    idx = (yi[:, :, None] * width + xi[:, None, :]).reshape(k, 1, -1)
+    return torch.gather(feat, 2, idx.expand(-1, c, -1)).reshape(k, c, yi.shape[1], xi.shape[1])
+
+
+def _outer(a: Tensor, b: Tensor) -> Tensor:
+    """[k, PH] x [k, PW] -> [k, 1, PH, PW]."""
+    return (a[:, :, None] * b[:, None, :])[:, None]
+
+
 def roi_align(
     input: Tensor,
     rois: Tensor,
@@ -164,7 +176,8 @@ def roi_align(
     input: [N, C, H, W] float; rois: [K, 5] (batch_index, x1, y1, x2, y2) in input-image pixels,
     scaled by `spatial_scale` to feature pixels. Each of the pooled_h x pooled_w bins averages a
     grid of bilinear samples (sampling_ratio per side, or ceil(roi_size / pooled) when <= 0).
-    aligned=True shifts by half a pixel (Detectron2 "ROIAlignV2"). Returns [K, C, pooled_h, pooled_w].
+    aligned=True shifts by half a pixel (Detectron2 "ROIAlignV2").
+    Returns [K, C, pooled_h, pooled_w].
     """
     n, c, h, w = input.shape
     k = rois.shape[0]
@@ -202,25 +215,18 @@ def roi_align(
         feat = flat[batch[sel]]  # [k, C, H*W]
         k_sel = len(sel)
 
-        def gather(yi: Tensor, xi: Tensor) -> Tensor:  # [k, PH], [k, PW] -> [k, C, PH, PW]
-            idx = (yi[:, :, None] * w + xi[:, None, :]).reshape(k_sel, 1, -1)
-            return torch.gather(feat, 2, idx.expand(-1, c, -1)).reshape(k_sel, c, pooled_h, pooled_w)
-
-        def outer(a: Tensor, b: Tensor) -> Tensor:  # [k, PH], [k, PW] -> [k, 1, PH, PW]
-            return (a[:, :, None] * b[:, None, :])[:, None]
-
         # Samples are added one at a time, in the kernels' order, so the sums round the same.
         total = input.new_zeros((k_sel, c, pooled_h, pooled_w))
         for a in range(gh):
             for b in range(gw):
                 ya, yb, wya, wyb = y0[:, :, a], y1[:, :, a], wy0[:, :, a], wy1[:, :, a]
                 xa, xb, wxa, wxb = x0[:, :, b], x1[:, :, b], wx0[:, :, b], wx1[:, :, b]
-                valid = outer(vy[:, :, a].to(input.dtype), vx[:, :, b].to(input.dtype))
+                valid = _outer(vy[:, :, a].to(input.dtype), vx[:, :, b].to(input.dtype))
                 term = (
-                    outer(wya, wxa) * gather(ya, xa)
-                    + outer(wya, wxb) * gather(ya, xb)
-                    + outer(wyb, wxa) * gather(yb, xa)
-                    + outer(wyb, wxb) * gather(yb, xb)
+                    _outer(wya, wxa) * _gather(feat, ya, xa, w)
+                    + _outer(wya, wxb) * _gather(feat, ya, xb, w)
+                    + _outer(wyb, wxa) * _gather(feat, yb, xa, w)
+                    + _outer(wyb, wxb) * _gather(feat, yb, xb, w)
                 )
                 total = total + term * valid
         results.append((sel, total / torch.full_like(total, gh * gw)))
@@ -268,7 +274,9 @@ def paste_masks(
     for i, (x0, y0, x1, y1) in enumerate(ib):
         w = max(x1 - x0 + 1, 1)
         h = max(y1 - y0 + 1, 1)
-        res = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)
+        res = F.interpolate(
+            padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False
+        )
         res = res[0, 0]
         ya, yb = max(y0, 0), min(y1 + 1, image_h)
         xa, xb = max(x0, 0), min(x1 + 1, image_w)
@@ -318,9 +326,11 @@ def polygons_to_masks(
     r_count = rois.shape[0]
     out = torch.zeros((r_count, mask_size, mask_size), dtype=torch.float32, device=rois.device)
     centres = torch.arange(mask_size, dtype=torch.float64, device=rois.device) + 0.5
-    for r, polys in enumerate(_crop_scale_polygons(
-        coords.cpu(), poly_offsets.cpu(), roi_poly_offsets.cpu(), rois.cpu(), mask_size
-    )):
+    for r, polys in enumerate(
+        _crop_scale_polygons(
+            coords.cpu(), poly_offsets.cpu(), roi_poly_offsets.cpu(), rois.cpu(), mask_size
+        )
+    ):
         for xy in polys:
             if xy.shape[0] < 3:
                 continue
@@ -352,9 +362,11 @@ def polygons_to_masks_pycocotools(
     from pycocotools import mask as mask_utils
 
     out = torch.zeros((rois.shape[0], mask_size, mask_size), dtype=torch.float32)
-    for r, polys in enumerate(_crop_scale_polygons(
-        coords.cpu(), poly_offsets.cpu(), roi_poly_offsets.cpu(), rois.cpu(), mask_size
-    )):
+    for r, polys in enumerate(
+        _crop_scale_polygons(
+            coords.cpu(), poly_offsets.cpu(), roi_poly_offsets.cpu(), rois.cpu(), mask_size
+        )
+    ):
         valid = [p.reshape(-1).double().tolist() for p in polys if p.shape[0] >= 3]
         if not valid:
             continue

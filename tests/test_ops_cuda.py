@@ -36,14 +36,26 @@ def test_nms_and_iou_match_cpu(n):
     scores = torch.randint(0, 50, (n,), generator=g).float() / 50  # many ties
     idxs = torch.randint(0, 5, (n,), generator=g)
     for thr in (0.3, 0.7):
-        assert torch.equal(ops.nms(boxes.to(DEV), scores.to(DEV), thr).cpu(),
-                           ops.nms(boxes, scores, thr))
-        assert torch.equal(ops.batched_nms(boxes.to(DEV), scores.to(DEV), idxs.to(DEV), thr).cpu(),
-                           ops.batched_nms(boxes, scores, idxs, thr))
-    torch.testing.assert_close(ops.box_iou(boxes.to(DEV), boxes[:50].to(DEV)).cpu(),
-                               ops.box_iou(boxes, boxes[:50]), rtol=0, atol=0, equal_nan=True)
-    assert torch.equal(torchvision.ops.nms(boxes.to(DEV), scores.to(DEV) + torch.arange(
-        n, device=DEV) * 1e-3, 0.5).cpu(), ops.nms(boxes, scores + torch.arange(n) * 1e-3, 0.5))
+        assert torch.equal(
+            ops.nms(boxes.to(DEV), scores.to(DEV), thr).cpu(), ops.nms(boxes, scores, thr)
+        )
+        assert torch.equal(
+            ops.batched_nms(boxes.to(DEV), scores.to(DEV), idxs.to(DEV), thr).cpu(),
+            ops.batched_nms(boxes, scores, idxs, thr),
+        )
+    torch.testing.assert_close(
+        ops.box_iou(boxes.to(DEV), boxes[:50].to(DEV)).cpu(),
+        ops.box_iou(boxes, boxes[:50]),
+        rtol=0,
+        atol=0,
+        equal_nan=True,
+    )
+    assert torch.equal(
+        torchvision.ops.nms(
+            boxes.to(DEV), scores.to(DEV) + torch.arange(n, device=DEV) * 1e-3, 0.5
+        ).cpu(),
+        ops.nms(boxes, scores + torch.arange(n) * 1e-3, 0.5),
+    )
 
 
 @pytest.mark.parametrize("aligned", [False, True])
@@ -52,8 +64,9 @@ def test_nms_and_iou_match_cpu(n):
 def test_roi_align_matches_cpu(aligned, sampling_ratio, dtype):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 16, 20, 24, generator=g, dtype=dtype)
-    rois = torch.cat([torch.randint(0, 2, (200, 1), generator=g).to(dtype),
-                      _boxes(g, 200, 90.0).to(dtype)], 1)
+    rois = torch.cat(
+        [torch.randint(0, 2, (200, 1), generator=g).to(dtype), _boxes(g, 200, 90.0).to(dtype)], 1
+    )
     args = (7, 0.25, sampling_ratio, aligned)
     xc = x.clone().requires_grad_(True)
     xg = x.to(DEV).requires_grad_(True)
@@ -65,8 +78,9 @@ def test_roi_align_matches_cpu(aligned, sampling_ratio, dtype):
     (gg,) = torch.autograd.grad(out_g, xg, grad.to(DEV))
     torch.testing.assert_close(gg.cpu(), gc)
     # torchvision's CUDA build contracts to FMAs: equal to rounding, not bit for bit.
-    torch.testing.assert_close(torchvision.ops.roi_align(x.to(DEV), rois.to(DEV), *args).cpu(),
-                               out_c.detach())
+    torch.testing.assert_close(
+        torchvision.ops.roi_align(x.to(DEV), rois.to(DEV), *args).cpu(), out_c.detach()
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -88,29 +102,38 @@ def test_masks_match_cpu():
     masks = torch.rand(30, 28, 28, generator=g)
     boxes = _boxes(g, 30, 150.0)
     boxes[0] = torch.tensor([-8.0, -3.0, 20.0, 30.0])
-    assert torch.equal(ops.paste_masks(masks.to(DEV), boxes.to(DEV), 120, 160).cpu(),
-                       ops.paste_masks(masks, boxes, 120, 160))
+    assert torch.equal(
+        ops.paste_masks(masks.to(DEV), boxes.to(DEV), 120, 160).cpu(),
+        ops.paste_masks(masks, boxes, 120, 160),
+    )
     coords = torch.tensor([2.0, 2, 12, 2, 12, 12, 2, 12, 30, 30, 40, 35, 32, 45, 1, 1])
     poly_offsets = torch.tensor([0, 8, 14, 16])  # square, triangle, 1-point polygon
     roi_offsets = torch.tensor([0, 2, 2, 3])
     rois = torch.tensor([[0.0, 0, 16, 16], [5.0, 5, 50, 50], [0.0, 0, 3, 3]])
     want = ops.polygons_to_masks(coords, poly_offsets, roi_offsets, rois, 14)
-    got = ops.polygons_to_masks(coords.to(DEV), poly_offsets.to(DEV), roi_offsets.to(DEV),
-                                rois.to(DEV), 14)
+    got = ops.polygons_to_masks(
+        coords.to(DEV), poly_offsets.to(DEV), roi_offsets.to(DEV), rois.to(DEV), 14
+    )
     assert torch.equal(got.cpu(), want)
-    assert torch.equal(want, reference.polygons_to_masks(coords, poly_offsets, roi_offsets, rois,
-                                                         14))
+    assert torch.equal(
+        want, reference.polygons_to_masks(coords, poly_offsets, roi_offsets, rois, 14)
+    )
 
 
 def test_box_coding_matches_cpu():
     g = torch.Generator().manual_seed(6)
     base = torch.randn(3, 4, generator=g) * 20
-    assert torch.equal(ops.grid_anchors(base.to(DEV), 9, 11, 16).cpu(),
-                       ops.grid_anchors(base, 9, 11, 16))
+    assert torch.equal(
+        ops.grid_anchors(base.to(DEV), 9, 11, 16).cpu(), ops.grid_anchors(base, 9, 11, 16)
+    )
     deltas = torch.randn(100, 8, generator=g)
     boxes = _boxes(g, 100)
-    torch.testing.assert_close(ops.decode_boxes(deltas.to(DEV), boxes.to(DEV), (10, 10, 5, 5)).cpu(),
-                               ops.decode_boxes(deltas, boxes, (10, 10, 5, 5)), rtol=2e-6, atol=0)
+    torch.testing.assert_close(
+        ops.decode_boxes(deltas.to(DEV), boxes.to(DEV), (10, 10, 5, 5)).cpu(),
+        ops.decode_boxes(deltas, boxes, (10, 10, 5, 5)),
+        rtol=2e-6,
+        atol=0,
+    )
 
 
 def test_compile_on_cuda():

@@ -31,8 +31,11 @@ at::Tensor grid_anchors_cpu(const at::Tensor& base_anchors, int64_t feat_h, int6
                                   "mrcnn_grid_anchors", [&] {
     const scalar_t* bp = base.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    dynamic_parallel_for(0, feat_h * feat_w * a, kAnchorChunk, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) grid_anchor<scalar_t>(bp, op, i, feat_w, a, stride_h, stride_w);
+    const int64_t total = feat_h * feat_w * a;
+    dynamic_parallel_for(0, total, kAnchorChunk, 4 * total, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        grid_anchor<scalar_t>(bp, op, i, feat_w, a, stride_h, stride_w);
+      }
     });
   });
   return out;
@@ -51,7 +54,8 @@ at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
     const scalar_t* dp = d.data_ptr<scalar_t>();
     const scalar_t* bp = b.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    dynamic_parallel_for(0, n * per_row, kDecodeChunk, [&](int64_t i0, int64_t i1) {
+    const int64_t total = n * per_row;
+    dynamic_parallel_for(0, total, kDecodeChunk, 64 * total, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) decode_one<scalar_t>(dp, bp, op, i, per_row, prm);
     });
   });

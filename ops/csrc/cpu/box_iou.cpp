@@ -37,7 +37,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
     const T* ap = a.data_ptr<T>();
     T* o = out.data_ptr<T>();
     const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 18) / m);  // ~0.3 ms per task
-    dynamic_parallel_for(0, n, rows, [&](int64_t r0, int64_t r1) {
+    dynamic_parallel_for(0, n, rows, 8 * n * m, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
         const T x1 = ap[4 * i], y1 = ap[4 * i + 1], x2 = ap[4 * i + 2], y2 = ap[4 * i + 3];
         const T area = (x2 - x1) * (y2 - y1);

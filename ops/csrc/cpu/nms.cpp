@@ -19,8 +19,9 @@
 namespace mrcnn {
 namespace {
 
-constexpr int64_t kBlock = 512;         // boxes resolved sequentially before a parallel sweep
-constexpr int64_t kTile = 1024;          // later boxes swept per kept box while they stay in L1
+constexpr int64_t kBlock = 512;  // boxes resolved sequentially before each sweep
+constexpr int64_t kTile = 1024;  // later boxes swept per kept box while they stay in L1
+
 // IoUs in a sweep (~15 ms) below which it stays on one thread. Each sweep is a fork-join; on a
 // shared machine a join can wait a whole scheduler slice for a descheduled thread, which for
 // the usual sizes (a few thousand boxes, ~25 sweeps) costs more than a second thread saves.
@@ -91,7 +92,7 @@ void greedy_nms(const SoA<T>& s, int64_t begin, int64_t end, T thr, int32_t* rem
       }
     };
     if (parallel && int64_t(kept.size()) * (end - be) >= min_work) {
-      dynamic_parallel_for(be, end, kTile, sweep);
+      dynamic_parallel_for(be, end, kTile, int64_t(kept.size()) * (end - be), sweep);
     } else {
       sweep(be, end);
     }
@@ -168,8 +169,10 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
     // Many balanced categories: categories in parallel (one fork-join, and only when there is
     // a few milliseconds of work). One dominant category: its sweeps may thread instead.
     if (nseg > 1 && largest * 2 <= n && work >= (int64_t(1) << 22)) {
-      dynamic_parallel_for(0, nseg, 1, [&](int64_t a, int64_t e) {
-        for (int64_t c = a; c < e; ++c) greedy_nms(s, seg[c], seg[c + 1], thr, removed.data(), false);
+      dynamic_parallel_for(0, nseg, 1, work, [&](int64_t a, int64_t e) {
+        for (int64_t c = a; c < e; ++c) {
+          greedy_nms(s, seg[c], seg[c + 1], thr, removed.data(), false);
+        }
       });
     } else {
       const bool dominant = largest * 2 > n;

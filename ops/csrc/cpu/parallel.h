@@ -15,15 +15,20 @@
 
 namespace mrcnn {
 
+// Below this many elementary operations (~0.2 ms) a call stays on the calling thread: waking
+// threads costs microseconds on an idle machine and up to a scheduler slice on a busy one.
+constexpr int64_t kMinParallelWork = int64_t(1) << 18;
+
 // Calls fn(a, b) on consecutive chunks [a, b) of [begin, end), each at most `chunk` long, from
-// up to at::get_num_threads() threads. Runs inline when the range is a single chunk.
+// up to at::get_num_threads() threads. `work` estimates the elementary operations of the whole
+// range; the call runs inline when it is small or the range is a single chunk.
 template <typename F>
-void dynamic_parallel_for(int64_t begin, int64_t end, int64_t chunk, const F& fn) {
+void dynamic_parallel_for(int64_t begin, int64_t end, int64_t chunk, int64_t work, const F& fn) {
   if (end <= begin) return;
   chunk = std::max<int64_t>(chunk, 1);
   const int64_t chunks = (end - begin + chunk - 1) / chunk;
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
-  if (workers <= 1 || at::in_parallel_region()) {
+  if (workers <= 1 || work < kMinParallelWork || at::in_parallel_region()) {
     fn(begin, end);
     return;
   }

@@ -38,7 +38,7 @@ at::Tensor paste_masks_cpu(const at::Tensor& masks, const at::Tensor& boxes, int
   // The comparison `pasted > threshold` happens between float32 values in torchvision.
   const float thr = static_cast<float>(threshold);
 
-  dynamic_parallel_for(0, k_masks * image_h, 64, [&](int64_t row0, int64_t row1) {
+  dynamic_parallel_for(0, k_masks * image_h, 64, 4 * out.numel(), [&](int64_t row0, int64_t row1) {
     std::vector<Lerp> xs;  // x weights of the current mask, rebuilt when the mask changes
     int64_t cached = -1;
     for (int64_t row = row0; row < row1; ++row) {

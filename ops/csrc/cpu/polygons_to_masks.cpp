@@ -61,7 +61,8 @@ at::Tensor polygons_to_masks_cpu(const at::Tensor& coords, const at::Tensor& pol
   }
   float* op = out.data_ptr<float>();
 
-  dynamic_parallel_for(0, r_count, 8, [&](int64_t r0, int64_t r1) {
+  const int64_t work = 16 * out.numel() + cs.numel();
+  dynamic_parallel_for(0, r_count, 8, work, [&](int64_t r0, int64_t r1) {
     std::vector<double> xs, ys, cross;
     for (int64_t r = r0; r < r1; ++r) {
       const float* box = bp + 4 * r;

@@ -213,12 +213,14 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois_in, at::Tensor
   const bool channels_last =
       input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
 
-  if (prefer_sliced(channels, n_batch * hw, pb.total_samples(), channels_last)) {
+  const int64_t total = pb.total_samples();
+  const int64_t work = 8 * total * channels;  // four corners, multiply and add, per channel
+  if (prefer_sliced(channels, n_batch * hw, total, channels_last)) {
     const int64_t cw = slice_width(channels, n_batch * hw, sizeof(acc_t));
     const int64_t slices = (channels + cw - 1) / cw;
     const at::Tensor in = channels_last ? input : input.contiguous();
     const scalar_t* ip = in.data_ptr<scalar_t>();
-    dynamic_parallel_for(0, slices, 1, [&](int64_t q0, int64_t q1) {
+    dynamic_parallel_for(0, slices, 1, work, [&](int64_t q0, int64_t q1) {
       std::vector<acc_t> buf;
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t c0 = q * cw, w = std::min(cw, channels - c0);
@@ -236,7 +238,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois_in, at::Tensor
 
   const at::Tensor in = input.contiguous();
   const scalar_t* ip = in.data_ptr<scalar_t>();
-  dynamic_parallel_for(0, pb.k_rois, 4, [&](int64_t r0, int64_t r1) {
+  dynamic_parallel_for(0, pb.k_rois, 4, work, [&](int64_t r0, int64_t r1) {
     std::vector<Sample<acc_t>> pcs;
     for (int64_t r = r0; r < r1; ++r) {
       const RoiGeometry<acc_t> g = pb.geometry(r);
@@ -347,12 +349,14 @@ at::Tensor backward_impl(const at::Tensor& grad, const at::Tensor& rois_in, doub
   const scalar_t* gp = grad.data_ptr<scalar_t>();
   const int64_t gs[4] = {grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3)};
 
-  if (prefer_sliced(channels, n_batch * hw, pb.total_samples(), false)) {
+  const int64_t total = pb.total_samples();
+  const int64_t work = 8 * total * channels;
+  if (prefer_sliced(channels, n_batch * hw, total, false)) {
     at::Tensor grad_input = at::empty({n_batch, channels, height, width}, grad.options());
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     const int64_t cw = slice_width(channels, n_batch * hw, sizeof(acc_t));
     const int64_t slices = (channels + cw - 1) / cw;
-    dynamic_parallel_for(0, slices, 1, [&](int64_t q0, int64_t q1) {
+    dynamic_parallel_for(0, slices, 1, work, [&](int64_t q0, int64_t q1) {
       std::vector<acc_t> buf;
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t c0 = q * cw, w = std::min(cw, channels - c0);
@@ -370,7 +374,7 @@ at::Tensor backward_impl(const at::Tensor& grad, const at::Tensor& rois_in, doub
   acc_t* gi = gin.data_ptr<acc_t>();
   const int64_t threads = at::get_num_threads();
   const int64_t per_task = std::max<int64_t>(1, (channels + 2 * threads - 1) / (2 * threads));
-  dynamic_parallel_for(0, channels, per_task, [&](int64_t c0, int64_t c1) {
+  dynamic_parallel_for(0, channels, per_task, work, [&](int64_t c0, int64_t c1) {
     std::vector<Sample<acc_t>> pcs;
     for (int64_t r = 0; r < pb.k_rois; ++r) {
       const RoiGeometry<acc_t> g = pb.geometry(r);
