@@ -149,11 +149,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
 
     start_iter = 0
-    found = checkpoint.load_latest(workdir) if os.path.isdir(workdir) else None
-    found = dist.broadcast_object(None if found is None else found[1])  # every rank: same file
+    latest = checkpoint.load_latest(workdir) if dist.is_main() and os.path.isdir(workdir) else None
+    found = dist.broadcast_object(None if latest is None else latest[1])  # every rank: same file
     if found is not None:
-        state = checkpoint.load(found)
-        model.load_state_dict(state["model"])
+        state = latest[0] if latest is not None else checkpoint.load(found)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise weights.WeightsError(
+                f"{found} does not fit the configured model (the workdir holds a run of another "
+                f"architecture; use a new --workdir): {e}") from e
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_iter = int(state["iteration"])

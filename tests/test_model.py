@@ -196,6 +196,12 @@ def test_training_without_gt_and_with_autocast():
     assert all(torch.isfinite(v) for v in losses.values())
     losses = model(images, [empty, empty])
     assert losses["loss_mask"].item() == 0.0 and losses["loss_box_reg"].item() == 0.0
+    # Every trainable parameter still gets a (zero) gradient: DistributedDataParallel without
+    # find_unused_parameters needs that on a rank whose batch has no object.
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(images, targets)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

@@ -220,3 +220,12 @@ def test_main_refuses_pickled_init_weights_in_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in out, out[-3000:]
     assert "WeightsError" in out and str(evil) in out and "Weights only load failed" in out
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["../secret.jpg", "/etc/passwd", "a/../../b.jpg", "..\\x.jpg"])
+def test_annotation_file_name_cannot_leave_the_image_folder(name):
+    from mrcnn.data import annotations
+
+    with pytest.raises(Exception, match="leaves the image folder"):
+        annotations._check_image({"id": 7, "file_name": name, "height": 4, "width": 4})
+    assert annotations._check_image({"id": 7, "file_name": "sub/ok.jpg", "height": 4, "width": 4})

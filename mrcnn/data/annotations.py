@@ -29,6 +29,8 @@ import itertools
 import json
 import logging
 import math
+import os
+import re
 from typing import Any
 
 import numpy as np
@@ -337,6 +339,9 @@ def _check_image(img: Any) -> tuple[int, str, int, int]:
         raise _Bad(f"image record without an integer id: {_short(img)}")
     if not isinstance(name, str) or not name:
         raise _Bad(f"image {iid} has no file_name")
+    # file_name is relative to img_dir: an absolute path or ".." would read outside it.
+    if os.path.isabs(name) or ".." in re.split(r"[/\\]", name):
+        raise _Bad(f"image {iid} file_name {name!r} leaves the image folder (absolute or '..')")
     if h is None or w is None:
         raise _Bad(
             f"image {iid} needs positive integer height and width, got "
