@@ -13,6 +13,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from mrcnn.modeling import box_coder
 from mrcnn.modeling.boxes import pairwise_iou
 from mrcnn.modeling.losses import fastrcnn_loss, mask_loss, rpn_loss
+from mrcnn.modeling.mask_head import MaskPredictor, select_class
 from mrcnn.modeling.mask_targets import mask_targets
 from mrcnn.modeling.matcher import match
 from mrcnn.modeling.sampling import sample_pos_neg
@@ -290,7 +291,7 @@ def test_mask_loss_equals_torchvision_with_bitmask_targets():
     bidx = torch.tensor([0] * 5 + [1] * 4)
     mt = mask_targets(torch.cat(props), bidx, torch.cat(matched), masks, 28)
     labels = torch.cat([lab[i] for lab, i in zip(gt_labels, matched)])
-    ours = mask_loss(logits, labels, mt)
+    ours = mask_loss(select_class(logits, labels), mt)
     torch.testing.assert_close(ours, tv, rtol=1e-5, atol=1e-6)
     ga, = torch.autograd.grad(ours, logits)
     gt, = torch.autograd.grad(tv, logits)
@@ -298,8 +299,8 @@ def test_mask_loss_equals_torchvision_with_bitmask_targets():
 
 
 def test_mask_loss_no_positives_has_gradient():
-    logits = torch.randn(0, 3, 28, 28, requires_grad=True)
-    loss = mask_loss(logits, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 28, 28))
+    logits = torch.randn(0, 28, 28, requires_grad=True)
+    loss = mask_loss(logits, torch.zeros(0, 28, 28))
     loss.backward()
     assert loss.item() == 0 and logits.grad is not None
 
@@ -359,3 +360,19 @@ def test_rpn_targets_chunked_equals_whole(monkeypatch):
     assert torch.equal(whole[0], chunked[0])
     pos = whole[0] > 0
     assert torch.equal(whole[1][pos], chunked[1][pos])
+
+
+def test_mask_predictor_selected_class_equals_full_logits():
+    torch.manual_seed(0)
+    pred = MaskPredictor(16, 8, 5)
+    x = torch.randn(6, 16, 7, 7, requires_grad=True)
+    labels = torch.tensor([1, 4, 4, 0, 2, 3])
+    full = select_class(pred(x), labels)
+    sel = pred(x, labels)
+    assert sel.shape == (6, 14, 14)
+    torch.testing.assert_close(sel, full, rtol=1e-5, atol=1e-6)
+    g_full = torch.autograd.grad(full.sum(), (x, pred.logits.weight))
+    g_sel = torch.autograd.grad(sel.sum(), (x, pred.logits.weight))
+    for a, b in zip(g_sel, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert pred(x[:0], labels[:0]).shape == (0, 14, 14)

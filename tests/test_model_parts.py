@@ -170,3 +170,19 @@ def test_detections_to_original_equals_torchvision_postprocess():
     assert empty.masks.shape == (0, *orig) and empty.masks.dtype == torch.uint8
     no_masks = detections_to_original(Detections(boxes, det.scores, det.labels), size, orig)
     assert no_masks.masks is None
+
+
+def test_roi_pool_aligned_switch_matches_torchvision_roi_align():
+    import torchvision
+
+    g = torch.Generator().manual_seed(4)
+    feat = torch.randn(1, 3, 16, 20, generator=g)
+    boxes = torch.tensor([[4.0, 6.0, 40.0, 30.0], [10.5, 3.25, 22.0, 50.0]])
+    bidx = torch.zeros(2, dtype=torch.int64)
+    rois = torch.cat([bidx[:, None].float(), boxes], 1)
+    for aligned in (False, True):
+        out = roi_pool([feat], boxes, bidx, [(64, 80)], 7, 2, aligned=aligned)
+        ref = torchvision.ops.roi_align(feat, rois, 7, 0.25, 2, aligned)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    a = roi_pool([feat], boxes, bidx, [(64, 80)], 7, 2, aligned=True)
+    assert not torch.allclose(a, roi_pool([feat], boxes, bidx, [(64, 80)], 7, 2))

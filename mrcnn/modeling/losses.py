@@ -64,12 +64,10 @@ def fastrcnn_loss(
     return loss_cls, loss_box
 
 
-def mask_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor) -> Tensor:
-    """mask_logits [P, C, M, M] of the positive RoIs, labels int64 [P] (their gt classes),
-    mask_targets [P, M, M] in [0, 1] -> loss_mask float32 (0 with a gradient when P == 0)."""
+def mask_loss(mask_logits: Tensor, mask_targets: Tensor) -> Tensor:
+    """mask_logits [P, M, M] of the positive RoIs, each of its gt class (`select_class` of the
+    full [P, C, M, M] logits), mask_targets [P, M, M] in [0, 1] -> loss_mask float32 (0, with
+    a gradient, when P == 0)."""
     if mask_targets.shape[0] == 0:
         return mask_logits.float().sum() * 0
-    idx = torch.arange(labels.shape[0], device=labels.device)
-    return F.binary_cross_entropy_with_logits(
-        mask_logits[idx, labels].float(), mask_targets.float()
-    )
+    return F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets.float())

@@ -39,7 +39,12 @@ class MaskHead(nn.Module):
 
 class MaskPredictor(nn.Module):
     """2x2 stride-2 transposed conv + ReLU, then 1x1 conv to per-class logits:
-    [R, C, S, S] -> [R, num_classes, 2S, 2S]. Submodules `deconv`, `logits`."""
+    [R, C, S, S] -> [R, num_classes, 2S, 2S]. Submodules `deconv`, `logits`.
+
+    With `labels` (int64 [R]) only each RoI's own class is computed: -> [R, 2S, 2S]. Training
+    and inference only ever read that channel (the loss of the gt class, the mask of the
+    predicted class), so the other num_classes - 1 channels of the 1x1 conv are skipped.
+    """
 
     def __init__(self, in_channels: int, dim: int, num_classes: int):
         super().__init__()
@@ -49,12 +54,16 @@ class MaskPredictor(nn.Module):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logits(F.relu_(self.deconv(x)))
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = F.relu_(self.deconv(x))
+        if labels is None:
+            return self.logits(h)
+        w = self.logits.weight[labels, :, 0, 0].to(h.dtype)  # [R, D]
+        b = self.logits.bias[labels].to(h.dtype)  # [R]
+        return torch.einsum("rdhw,rd->rhw", h, w) + b[:, None, None]
 
 
-def select_class_masks(mask_logits: Tensor, labels: Tensor) -> Tensor:
-    """Probabilities of each RoI's own class: logits [R, K, M, M], labels int64 [R]
-    -> float [R, 1, M, M] (sigmoid; torchvision's maskrcnn_inference)."""
+def select_class(mask_logits: Tensor, labels: Tensor) -> Tensor:
+    """Each RoI's own class channel: logits [R, K, M, M], labels int64 [R] -> [R, M, M]."""
     idx = torch.arange(labels.shape[0], device=labels.device)
-    return mask_logits[idx, labels][:, None].sigmoid()
+    return mask_logits[idx, labels]

@@ -19,7 +19,7 @@ from mrcnn.modeling.box_head import BoxPredictor, MLPHead, Res5Head
 from mrcnn.modeling.boxes import image_sizes_tensor
 from mrcnn.modeling.fpn import FPN, Backbone
 from mrcnn.modeling.losses import fastrcnn_loss, mask_loss, rpn_loss
-from mrcnn.modeling.mask_head import MaskHead, MaskPredictor, select_class_masks
+from mrcnn.modeling.mask_head import MaskHead, MaskPredictor
 from mrcnn.modeling.mask_targets import mask_targets
 from mrcnn.modeling.poolers import roi_pool
 from mrcnn.modeling.postprocess import box_detections
@@ -146,20 +146,21 @@ class MaskRCNN(nn.Module):
         feats: list[Tensor],
         boxes: Tensor,
         batch_idx: Tensor,
+        labels: Tensor,
         image_sizes,
         res5: Tensor | None = None,
     ) -> Tensor:
-        """Per-class mask logits [R, num_classes, M, M] of boxes [R, 4]. `res5` (C4 only): the
-        box branch's res5 features of these very boxes, reused when the poolers agree."""
+        """Mask logits [R, M, M] of boxes [R, 4], each of its class `labels` [R]. `res5` (C4
+        only): the box branch's res5 features of these very boxes, reused if the poolers agree."""
         mh = self.cfg.mask_head
         if self.use_fpn or res5 is None:
             x = self._pool(
                 feats, boxes, batch_idx, image_sizes, mh.pooler_resolution, mh.sampling_ratio
             )
             if self.use_fpn:
-                return self.mask_predictor(self.mask_head(x))
+                return self.mask_predictor(self.mask_head(x), labels)
             res5 = self.box_head.forward_features(x)
-        return self.mask_predictor(res5)
+        return self.mask_predictor(res5, labels)
 
     def _c4_can_share(self) -> bool:
         bh, mh = self.cfg.box_head, self.cfg.mask_head
@@ -246,7 +247,7 @@ class MaskRCNN(nn.Module):
             p = torch.nonzero(s.labels > 0).squeeze(1)
             boxes, bidx = s.boxes[p], s.batch_idx[p]
             shared = res5[p] if res5 is not None and self._c4_can_share() else None
-            mask_logits = self._mask_logits(feats, boxes, bidx, image_sizes, shared)
+            mask_logits = self._mask_logits(feats, boxes, bidx, s.labels[p], image_sizes, shared)
             mt = mask_targets(
                 boxes,
                 bidx,
@@ -255,7 +256,7 @@ class MaskRCNN(nn.Module):
                 mask_logits.shape[-1],
                 aligned=bool(self.cfg.roi_heads.aligned),
             )
-            losses["loss_mask"] = mask_loss(mask_logits, s.labels[p], mt)
+            losses["loss_mask"] = mask_loss(mask_logits, mt)
         return losses
 
     def _detect(self, proposals, valid, feats, image_sizes, image_hw) -> list[Detections]:
@@ -277,8 +278,8 @@ class MaskRCNN(nn.Module):
         masks = None
         if self.mask_on:
             if boxes.shape[0]:
-                mask_logits = self._mask_logits(feats, boxes, img, image_sizes)
-                masks = select_class_masks(mask_logits, labels)
+                # torchvision's maskrcnn_inference: the sigmoid of the predicted class's channel
+                masks = self._mask_logits(feats, boxes, img, labels, image_sizes)[:, None].sigmoid()
             else:
                 m = self.mask_resolution
                 masks = boxes.new_zeros((0, 1, m, m))
