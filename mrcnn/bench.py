@@ -123,10 +123,15 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
 
         from mrcnn import weights
 
-        tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0,
-            min_size=min(h, w), max_size=max(h, w)).to(device)
-        ours.load_state_dict(weights.convert_torchvision_state_dict(tv.state_dict()), strict=False)
+        from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+        from torchvision.models.detection.mask_rcnn import MaskRCNN as TVMaskRCNN
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        # Built as for pretrained weights (FrozenBN, 3 trainable stages): the same work as ours.
+        body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+        tv = TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, box_score_thresh=0.0,
+                        min_size=min(h, w), max_size=max(h, w)).to(device)
+        ours.load_state_dict(weights.convert_torchvision_state_dict(tv.state_dict()))
     raw, images, targets, tv_targets = synthetic_inputs(cfg, b.batch_size, h, w, device)
     if config.perf.channels_last:
         ours.to(memory_format=torch.channels_last)

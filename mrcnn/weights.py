@@ -32,6 +32,7 @@ class WeightsError(ValueError):
     """A weights file that cannot be used: unreadable, refused (pickled code), or not matching
     the model (the message lists the keys). A user error: main.py prints it without a traceback."""
 
+
 # Our keys of layers whose shape depends on the number of classes.
 CLASS_SPECIFIC_PREFIXES = (
     "box_predictor.cls_score.",

@@ -204,7 +204,7 @@ def _eval_config(img_dir: str, ann_file: str):
     c = r50_fpn_1x.get_config()
     c.device = "cpu"
     c.model.num_classes = 4
-    c.test.ims_per_batch = 2
+    c.test.ims_per_batch = 4  # global: 2 per rank with 2 ranks
     c.eval.vis_images = 0
     c.data.num_workers = 0
     c.data.on_bad_image = "fail"  # a missing image is an error, not a silent miss
