@@ -162,9 +162,7 @@ def resolve_weights(config: ml_collections.ConfigDict, workdir: str) -> tuple[st
     """
     if config.init.weights:
         if not os.path.isfile(config.init.weights):
-            from mrcnn.weights import WeightsError
-
-            raise WeightsError(f"config.init.weights={config.init.weights!r} does not exist")
+            raise FileNotFoundError(f"config.init.weights={config.init.weights!r} does not exist")
         return config.init.weights, config.init.format
     last = _find_last_checkpoint(workdir)
     if last is not None:

@@ -19,8 +19,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "your input is wrong" (reported in one line), not "our code is wrong"."""
     from mrcnn import checkpoint, config_check, weights
 
+    # FileNotFoundError: a path the user gave (weights, images, annotations) does not exist.
     errors: list[type[BaseException]] = [
-        config_check.ConfigError, weights.WeightsError, checkpoint.CheckpointError]
+        config_check.ConfigError, weights.WeightsError, checkpoint.CheckpointError,
+        FileNotFoundError]
     try:
         from mrcnn import data
 

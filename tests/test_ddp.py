@@ -44,6 +44,9 @@ TINY = {
     "model.box_head.fc_dim": 64,
     "model.mask_head.conv_dim": 16,
     "model.mask_head.num_conv": 1,
+    "model.backbone.norm": "GN",  # per-image statistics: BN would differ between 2 x 2 and 1 x 4
+    "model.backbone.gn_groups": 8,
+    "perf.channels_last": False,
     "solver.checkpoint_period": 0,
     "eval.final": False,
     "log_period": 1,
@@ -162,7 +165,7 @@ def test_two_ranks_step_like_one_process_on_the_same_global_batch(tmp_path, data
         if d_one.norm() > 0:
             moved += 1
         # Equal up to the order of float sums (DDP's bucketed all-reduce vs accumulation).
-        assert (d_ddp - d_one).norm() <= 1e-4 * d_one.norm() + 1e-9, k
+        assert (d_ddp - d_one).norm() <= 1e-4 * d_one.norm() + 1e-8, k
     assert moved > 0.9 * sum(1 for k in w0 if w0[k].is_floating_point())
     # The logged loss is the mean over ranks, i.e. the single process's loss.
     assert _logged_losses(ddp) == pytest.approx(_logged_losses(one), rel=1e-5)
