@@ -60,28 +60,14 @@ def tiny_config(root: str = "", max_iter: int = 6) -> ml_collections.ConfigDict:
     """
     from configs import shapes
 
-    c = shapes.get_config("runlocal")
+    c = shapes.get_config("tiny")
     if root:
         c.data.root = root
-    c.data.shapes.num_train = 8
-    c.data.shapes.num_val = 2
-    c.data.shapes.image_size = 64
-    c.input.min_size_train = (64,)
-    c.input.max_size_train = 64
-    c.input.min_size_test = 64
-    c.input.max_size_test = 64
-    c.model.backbone.width = 16
-    c.model.backbone.fpn_channels = 32
-    c.model.box_head.fc_dim = 64
-    c.model.mask_head.conv_dim = 16
-    c.model.mask_head.num_conv = 1
     c.solver.ims_per_batch = 2
     c.solver.max_iter = max_iter
     c.solver.steps = (max(3, max_iter - 2),)
     c.solver.warmup_iters = 2
     c.solver.checkpoint_period = 1
-    c.eval.final = False
-    c.deterministic = True
     c.log_period = 1
     return c
 

@@ -68,3 +68,24 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
     config.log_period = 1
     config.bench.iters = 2
     config.bench.warmup = 1
+
+
+def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
+    """`runlocal`, smaller still: 64 px images, a width-16 network, 8 training images, 4 steps,
+    deterministic, no final evaluation. About 0.1 s a step on 2 CPU cores: for tests of the
+    training machinery (resume, faults, DDP), not of accuracy."""
+    shrink_for_local_run(config)
+    config.data.shapes.num_train = 8
+    config.data.shapes.num_val = 2
+    config.data.shapes.image_size = 64
+    config.input.min_size_train = (64,)
+    config.input.max_size_train = 64
+    config.input.min_size_test = 64
+    config.input.max_size_test = 64
+    config.model.backbone.width = 16
+    config.model.backbone.fpn_channels = 32
+    config.model.box_head.fc_dim = 64
+    config.model.mask_head.conv_dim = 16
+    config.model.mask_head.num_conv = 1
+    config.eval.final = False
+    config.deterministic = True

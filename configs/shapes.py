@@ -2,6 +2,7 @@
 
     bash launch/demo.sh
     python main.py --config=configs/shapes.py --mode=train --workdir=runs/shapes
+    python main.py --config=configs/shapes.py:tiny --mode=train   # 64 px machinery check
 
 The dataset (3 classes: square, circle, triangle on textured backgrounds, 128x128) is generated
 on first use under `data.root`. A ResNet-18 at half width with BatchNorm trains from scratch.
@@ -15,7 +16,7 @@ from configs import common, r50_fpn_1x
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = common.parse_arg(arg, runlocal=False)
+    opts = common.parse_arg(arg, runlocal=False, tiny=False)
     c = r50_fpn_1x.get_config()
     c.name = "shapes"
     c.data.train.name = "shapes_train"
@@ -64,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.bench.image_size = (128, 128)
     c.bench.batch_size = 8
 
-    if opts.runlocal:
+    if opts.tiny:
+        common.shrink_to_tiny(c)
+    elif opts.runlocal:
         common.shrink_for_local_run(c)
     return c

@@ -165,20 +165,14 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                     model.train()
                     params = [p for p in model.parameters() if p.requires_grad]
                     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-                    if name == "ours":
-                        def step(m=model, opt=opt):
-                            with _autocast(device, dtype):
-                                losses = m(images, targets)
-                            sum(v.float() for v in losses.values()).backward()
-                            opt.step()
-                            opt.zero_grad(set_to_none=True)
-                    else:
-                        def step(m=model, opt=opt):
-                            with _autocast(device, dtype):
-                                losses = m(raw, tv_targets)
-                            sum(v.float() for v in losses.values()).backward()
-                            opt.step()
-                            opt.zero_grad(set_to_none=True)
+                    inputs = (images, targets) if name == "ours" else (raw, tv_targets)
+
+                    def step(m=model, opt=opt, inputs=inputs):
+                        with _autocast(device, dtype):
+                            losses = m(*inputs)
+                        sum(v.float() for v in losses.values()).backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 times = _time(step, b.iters, b.warmup, device)

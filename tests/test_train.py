@@ -11,27 +11,13 @@ from mrcnn import checkpoint, train
 
 
 def tiny_config(tmp_path, **solver):
-    c = shapes.get_config("runlocal")
+    c = shapes.get_config("tiny")
     c.data.root = str(tmp_path / "data")
-    c.data.shapes.num_train = 8
-    c.data.shapes.num_val = 2
-    c.data.shapes.image_size = 64
-    c.input.min_size_train = (64,)
-    c.input.max_size_train = 64
-    c.input.min_size_test = 64
-    c.input.max_size_test = 64
-    c.model.backbone.width = 16
-    c.model.backbone.fpn_channels = 32
-    c.model.box_head.fc_dim = 64
-    c.model.mask_head.conv_dim = 16
-    c.model.mask_head.num_conv = 1
     c.solver.ims_per_batch = 2
     c.solver.max_iter = 4
     c.solver.steps = (3,)
     c.solver.warmup_iters = 2
     c.solver.checkpoint_period = 2
-    c.eval.final = False
-    c.deterministic = True
     c.log_period = 1
     for k, v in solver.items():
         c.solver[k] = v
