@@ -75,6 +75,14 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / world_size()
 
 
-def shutdown() -> None:
+def shutdown(wait_for_others: bool = True) -> None:
+    """Leaves the process group, by default together: a rank that destroys it while another is
+    still in a collective can abort the other (gloo: "terminate called without an active
+    exception"). After an error, leave at once (`wait_for_others=False`): the others may never
+    arrive."""
     if is_dist():
-        td.destroy_process_group()
+        try:
+            if wait_for_others:
+                td.barrier()
+        finally:
+            td.destroy_process_group()

@@ -91,9 +91,12 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     try:
         _dispatch(mode, config, workdir, device)
     except _user_errors() as e:
+        dist.shutdown(wait_for_others=False)
         raise UserError(f"{type(e).__name__}: {e}") from e
-    finally:
-        dist.shutdown()
+    except BaseException:
+        dist.shutdown(wait_for_others=False)
+        raise
+    dist.shutdown()
 
 
 def _dispatch(mode: str, config: ml_collections.ConfigDict, workdir: str, device) -> None:
