@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -39,6 +40,7 @@ def main() -> None:
     else:
         size, train_batches, infer_batches, iters, warmup = (800, 1333), (8, 16), (1, 8), 20, 5
     iters = args.iters or iters
+    scratch = tempfile.mkdtemp(prefix="mrcnn-gpu-check-")
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
            "hardware": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
            "image_size": list(size), "runs": []}
@@ -54,7 +56,7 @@ def main() -> None:
                 c.bench.reference = i == 0 and not channels_last
                 c.perf.channels_last = channels_last
                 try:
-                    res = bench.bench(c, os.path.dirname(os.path.abspath(args.out)), device)
+                    res = bench.bench(c, scratch, device)  # its own bench.json stays out of results/
                 except torch.OutOfMemoryError as e:
                     out["runs"].append({"mode": mode, "batch": batch, "oom": str(e)[:200]})
                     torch.cuda.empty_cache()
