@@ -390,7 +390,7 @@ def test_unreadable_training_images_are_skipped_and_counted(shapes_root, tmp_pat
     assert ids == [1, 2, 4, 5] and ds.bad_counts["bad_image"] == 1
     c.data.on_bad_image = "fail"
     ld, _ = data.build_test_loader(c)
-    with pytest.raises(data.ImageError, match="000002.jpg"):
+    with pytest.raises(data.ImageError, match=r"000002.jpg.*\(image id 3\)"):
         list(ld)
 
 

@@ -166,8 +166,9 @@ class CocoTrainDataset(torch.utils.data.Dataset):
             try:
                 image = read_checked_image(path, rec.height, rec.width)
             except ImageError as e:
+                e = e.with_image_id(rec.image_id)
                 if self.on_bad_image == "fail":
-                    raise
+                    raise e from None
                 log.warning("skipping unreadable training image (%s); taking the next one", e)
                 skipped.append(path)
                 index = int(self._next_in_group[index])
@@ -234,8 +235,9 @@ class CocoTestDataset(torch.utils.data.Dataset):
         try:
             image = read_checked_image(path, height, width)
         except ImageError as e:
+            e = e.with_image_id(image_id)
             if self.on_bad_image == "fail":
-                raise
+                raise e from None
             log.warning("skipping unreadable test image (%s)", e)
             return {"image": None, "info": None, "skipped": [path]}
         x, info = T.preprocess(image, self.input_cfg, train=False)

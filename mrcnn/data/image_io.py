@@ -16,6 +16,11 @@ class ImageError(OSError):
     def __init__(self, path: str, why: str):
         super().__init__(f"cannot read image {path}: {why}")
         self.path = path
+        self.why = why
+
+    def with_image_id(self, image_id: int) -> "ImageError":
+        """The same error, naming the dataset's image id too."""
+        return ImageError(self.path, f"{self.why} (image id {image_id})")
 
 
 def _wide_to_uint8(img: Image.Image) -> np.ndarray:
