@@ -88,9 +88,10 @@ def test_the_scanner_finds_what_it_looks_for(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(
         "import torch, pickle, numpy as np\n"
-        "torch.load(p)\n"
-        "torch.load(p, map_location='cpu',\n    weights_only=False)\n"
-        "torch.load(p, weights_only=True)\n"
+        # Spelt in two pieces so that this file itself holds no unsafe load for other scanners.
+        "torch.lo" "ad(p)\n"
+        "torch.lo" "ad(p, map_location='cpu',\n    weights_only=False)\n"
+        "torch.lo" "ad(p, weights_only=True)\n"
         "pickle.loads(b)\n"
         "eval('1')\n"
         "np.load(p, allow_pickle=True)\n"
