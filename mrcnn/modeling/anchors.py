@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+import ops
+
 
 def cell_anchors(
     sizes: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float32
@@ -28,21 +30,6 @@ def cell_anchors(
     ws = (w_ratios[:, None] * scales[None, :]).view(-1)
     hs = (h_ratios[:, None] * scales[None, :]).view(-1)
     return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
-
-
-def grid_anchors(cell: Tensor, grid_size: tuple[int, int], stride: tuple[int, int]) -> Tensor:
-    """Anchors of one level: cell [A, 4], grid (h, w) cells, stride (sy, sx) pixels
-    -> [h * w * A, 4], ordered (y, x, anchor). Cell centres are at (x * sx, y * sy)."""
-    gh, gw = grid_size
-    sy, sx = stride
-    device = cell.device
-    shifts_x = torch.arange(0, gw, dtype=torch.int32, device=device) * sx
-    shifts_y = torch.arange(0, gh, dtype=torch.int32, device=device) * sy
-    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-    shift_x = shift_x.reshape(-1)
-    shift_y = shift_y.reshape(-1)
-    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-    return (shifts.view(-1, 1, 4) + cell.view(1, -1, 4)).reshape(-1, 4)
 
 
 def level_strides(
@@ -100,7 +87,8 @@ class AnchorCache:
         # during evaluation still serves training.
         with torch.inference_mode(False):
             anchors = [
-                grid_anchors(c.to(device), tuple(g), st)
+                # (y, x, anchor) order, cell centres at (x * sx, y * sy): torchvision's layout.
+                ops.grid_anchors(c.to(device), g[0], g[1], st)
                 for c, g, st in zip(self.cells, grid_sizes, strides)
             ]
         if len(self._cache) >= self.max_entries:
