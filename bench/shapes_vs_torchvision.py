@@ -147,7 +147,6 @@ def main() -> None:
     p.add_argument("--out", default="runs/side_by_side")
     p.add_argument("--only", choices=["ours", "torchvision", "both"], default="both")
     args = p.parse_args()
-    from ml_collections import config_flags  # noqa: F401  (ensures the same loader as main.py)
     import importlib.util
 
     path, _, arg = args.config.partition(":")

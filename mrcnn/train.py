@@ -190,8 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
         )
 
     loader = data_lib.build_train_loader(config, start_iter=start_iter, rank=rank, world_size=world)
-    iters_per_epoch = data_lib.iters_per_epoch(config, len(loader.dataset)) if hasattr(
-        loader, "dataset") else 0
+    iters_per_epoch = loader.iters_per_epoch
     writer = MetricWriter(workdir)
     meters = {k: SmoothedValue() for k in ("loss", *LOSS_NAMES, "time", "data")}
     metrics: dict = {}

@@ -44,10 +44,8 @@ def test_stopped_and_resumed_run_ends_with_identical_weights(tmp_path):
     for sa, sb in zip(oa["state"].values(), ob["state"].values()):
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
-    log = open(os.path.join(b, "log.txt")).read() if os.path.exists(os.path.join(b, "log.txt")) else ""
     lines = [json.loads(x) for x in open(os.path.join(b, "metrics.jsonl"))]
     assert [x["iter"] for x in lines if "train/loss" in x][-2:] == [3, 4]
-    del log
 
 
 def test_accumulation_matches_the_schedule_and_checkpoints(tmp_path):
