@@ -24,6 +24,7 @@ from mrcnn.modeling.mask_targets import mask_targets
 from mrcnn.modeling.poolers import roi_pool
 from mrcnn.modeling.postprocess import box_detections
 from mrcnn.modeling.rpn import RPNHead, flatten_outputs, select_proposals
+from mrcnn.modeling.rpn_sampled import head_at_anchors, select_sampled
 from mrcnn.modeling.sampling import sample_pos_neg
 from mrcnn.modeling.targets import pad_gt, roi_targets, rpn_targets
 from mrcnn.structures import Detections, ImageBatch, Targets
@@ -182,7 +183,10 @@ class MaskRCNN(nn.Module):
         image_hw = image_sizes_tensor(image_sizes, device)
 
         feats = self.backbone(x)
-        logits, deltas = self.rpn(feats)
+        # With rpn.sparse_grad the loss recomputes the head where it needs it (rpn_sampled).
+        sparse_rpn = self.training and bool(self.cfg.rpn.get("sparse_grad", False))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse_rpn):
+            logits, deltas = self.rpn(feats)
         objectness, rpn_deltas, level_sizes = flatten_outputs(logits, deltas)
         anchors = torch.cat(
             self.anchors(tuple(x.shape[-2:]), [tuple(f.shape[-2:]) for f in feats], device)
@@ -203,22 +207,34 @@ class MaskRCNN(nn.Module):
         )
         roi_feats = self._roi_features(feats)
         if self.training:
-            return self._losses(
-                targets, objectness, rpn_deltas, anchors, proposals, valid, roi_feats, image_sizes
+            rpn_out = (
+                (feats, level_sizes) if sparse_rpn else (objectness, rpn_deltas)
             )
+            return self._losses(targets, rpn_out, anchors, proposals, valid, roi_feats, image_sizes)
         return self._detect(proposals, valid, roi_feats, image_sizes, image_hw)
 
     def _losses(
-        self, targets, objectness, rpn_deltas, anchors, proposals, valid, feats, image_sizes
+        self, targets, rpn_out, anchors, proposals, valid, feats, image_sizes
     ) -> dict[str, Tensor]:
+        """rpn_out: (objectness [B, N], deltas [B, N, 4]) of the dense head, or, with
+        rpn.sparse_grad, (the head's input features, anchors per level): the head is then
+        evaluated with gradient at the sampled anchors only."""
         r, rh = self.cfg.rpn, self.cfg.roi_heads
-        gt = pad_gt(targets, objectness.device)
+        gt = pad_gt(targets, anchors.device)
         labels, reg_targets = rpn_targets(
             anchors, gt, r.fg_iou_thresh, r.bg_iou_thresh, r.bbox_reg_weights
         )
         pos, neg = sample_pos_neg(
             labels, r.batch_size_per_image, r.positive_fraction, self.sampling_generator
         )
+        if r.get("sparse_grad", False):
+            rpn_feats, level_sizes = rpn_out
+            idx, sel = select_sampled(pos | neg, r.batch_size_per_image)
+            objectness, rpn_deltas = head_at_anchors(self.rpn, rpn_feats, idx, level_sizes)
+            reg_targets = torch.gather(reg_targets, 1, idx[..., None].expand(-1, -1, 4))
+            pos, neg = torch.gather(pos, 1, idx) & sel, torch.gather(neg, 1, idx) & sel
+        else:
+            objectness, rpn_deltas = rpn_out
         loss_obj, loss_rpn_box = rpn_loss(
             objectness, rpn_deltas, reg_targets, pos, neg, r.smooth_l1_beta
         )
