@@ -191,6 +191,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.perf = ml_collections.ConfigDict()
     c.perf.channels_last = False
     c.perf.compile = False  # torch.compile of backbone + FPN + heads
+    c.perf.compile_fullgraph = True  # each compiled part one graph: a graph break is an error
+    # (H, W) with H <= W, e.g. (800, 1344): every batch padded to exactly (H, W) when its images
+    # are landscape or square, (W, H) when portrait: two shapes for the fixed-shape part. Needs
+    # orientation-grouped training batches (data.aspect_ratio_grouping); test batches are split
+    # by orientation. () = off: pad to the batch's largest image (input.size_divisibility).
+    c.perf.pad_to = ()
+    # CUDA graphs over backbone + FPN + RPN head (training and inference), one per pad_to shape
+    # (and batch size); needs CUDA and perf.pad_to, excludes perf.compile.
+    c.perf.cuda_graphs = False
+    c.perf.prefetch = True  # copy the next batch to the GPU on a side stream (CPU: no effect)
     c.perf.cudnn_benchmark = True
     c.perf.tf32 = True
 

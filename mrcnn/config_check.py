@@ -85,5 +85,42 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
         _fail("data.on_bad_image", config.data.on_bad_image, "must be skip or fail")
     if config.data.on_bad_annotation not in ("skip", "fail"):
         _fail("data.on_bad_annotation", config.data.on_bad_annotation, "must be skip or fail")
+    _validate_perf(config, mode)
     if mode == "predict" and not config.predict.input:
         _fail("predict.input", config.predict.input, "set it to an image file, folder or glob")
+
+
+def _validate_perf(config: ml_collections.ConfigDict, mode: str) -> None:
+    p, i = config.perf, config.input
+    pad_to = tuple(p.pad_to)
+    if pad_to:
+        if len(pad_to) != 2 or not all(isinstance(v, int) and v > 0 for v in pad_to):
+            _fail("perf.pad_to", pad_to, "must be () or (H, W) with positive integers")
+        if pad_to[0] > pad_to[1]:
+            _fail("perf.pad_to", pad_to, "give the landscape shape (H <= W); portrait batches "
+                  "are padded to (W, H)")
+        d = int(i.size_divisibility)
+        if d > 1 and (pad_to[0] % d or pad_to[1] % d):
+            _fail("perf.pad_to", pad_to, f"both sides must divide by input.size_divisibility={d}")
+        if mode != "bench":  # bench pads its own synthetic images (bench.image_size)
+            short = max(max(i.min_size_train), i.min_size_test)
+            long_ = max(i.max_size_train, i.max_size_test)
+            if pad_to[0] < short or pad_to[1] < long_:
+                _fail("perf.pad_to", pad_to,
+                      f"a resized image can be up to {short}x{long_} (input.min_size_*, "
+                      "input.max_size_*): pad_to must cover it")
+        if mode == "train" and not config.data.aspect_ratio_grouping:
+            _fail("perf.pad_to", pad_to, "training batches must have one orientation: set "
+                  "data.aspect_ratio_grouping=True")
+    if p.cuda_graphs:
+        if not pad_to:
+            _fail("perf.cuda_graphs", True, "needs fixed shapes: set perf.pad_to, e.g. "
+                  "(800, 1344) for input.max_size_*=1333")
+        if p.compile:
+            _fail("perf.cuda_graphs", True, "is exclusive with perf.compile (torch.compile "
+                  "makes its own graphs with mode='reduce-overhead'): turn one off")
+        import torch
+
+        if config.device == "cpu" or not torch.cuda.is_available():
+            _fail("perf.cuda_graphs", True, f"needs a CUDA device (config.device="
+                  f"{config.device!r}, CUDA available: {torch.cuda.is_available()})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -19,6 +20,9 @@ import ml_collections
 import torch
 from torch import nn
 
+from mrcnn.data.collate import split_by_orientation
+from mrcnn.data.prefetch import Prefetcher
+from mrcnn.perf import install_cuda_graphs, remember_settings, settings_of
 from mrcnn.structures import Batch, Detections, ImageInfo
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,8 @@ def run_inference(
     stats: InferenceStats | None = None,
     channels_last: bool = False,
     postprocess: Callable[..., Detections] | None = None,
+    pad_to: tuple[int, ...] | None = None,
+    prefetch: bool | None = None,
 ) -> Iterator[tuple[ImageInfo, Detections]]:
     """Runs `model` over `batches` and yields, per image, its info and its original-size detections.
 
@@ -96,17 +102,33 @@ def run_inference(
     warmup: batches left out of the timing in `stats`. log_period: a progress line every that many
       batches (0: none). postprocess: replaces `detections_to_original(det, size, orig_size,
       mask_threshold=...)` (tests use it to feed already-final detections).
+    pad_to, prefetch: `perf.pad_to` / `perf.prefetch`; None takes what the model was built with
+      (`mrcnn.perf.settings_of`), so evaluation and prediction follow the config without passing
+      them. With pad_to, each batch is split by orientation and padded to that orientation's
+      fixed shape (`collate.split_by_orientation`; a split batch counts as two in `stats`).
+      With prefetch on CUDA, the next batch is copied (and padded) on a side stream while this
+      one runs (`mrcnn.data.prefetch.Prefetcher`).
 
     Grad mode and autocast are entered per batch, never across a `yield`, so a consumer that stops
     early does not leave the thread in inference mode.
     """
     stats = stats if stats is not None else InferenceStats()
     to_original = postprocess or _to_original
+    settings = settings_of(model)
+    pad_to = tuple(settings.pad_to if pad_to is None else pad_to)
+    prefetch = settings.prefetch if prefetch is None else prefetch
+
+    def parts(batch: Batch) -> list[Batch]:
+        if not pad_to or len(batch.infos) == 0:
+            return [batch]
+        return split_by_orientation(batch, pad_to)
+
     t_loop = t_start = time.perf_counter()
-    for batch in batches:
+    for batch in itertools.chain.from_iterable(
+            Prefetcher(batches, device, transform=parts, overlap=prefetch)):
         if len(batch.infos) == 0:
             continue
-        images = batch.images.to(device, non_blocking=True)
+        images = batch.images  # on the device already (Prefetcher)
         if channels_last:
             images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -191,7 +213,10 @@ def build_inference_model(
     load_weights(model, path, fmt, strict_classes=True)
     log.info("inference model: loaded %s weights from %s", fmt, path)
     model.to(device)
+    remember_settings(model, config)  # pad_to / prefetch for run_inference
     if config.perf.channels_last:
         model.to(memory_format=torch.channels_last)
     model.eval()
+    if device.type == "cuda":
+        install_cuda_graphs(model, config)  # inference graphs are captured on first use
     return model

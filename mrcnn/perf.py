@@ -2,34 +2,323 @@
 
 - `perf.channels_last`: NHWC weights (and the training loop feeds NHWC images): faster convs on
   tensor cores and with oneDNN on CPUs.
-- `perf.compile`: `torch.compile` of the backbone (+FPN) and the box/mask heads, in place
-  (`nn.Module.compile`), so state_dict keys and checkpoints stay the same. The RPN's proposal
-  selection and the RoI sampling stay eager (data-dependent shapes); the custom ops have fake
-  kernels, so graphs that reach them do not break.
+- `perf.compile`: `torch.compile` of the backbone (+FPN), the RPN head and the box/mask heads, in
+  place (`nn.Module.compile`), so state_dict keys and checkpoints stay the same. The RPN's proposal
+  selection and the RoI sampling stay eager (data-dependent shapes). With
+  `perf.compile_fullgraph` (default) every part is compiled with `fullgraph=True`: each of
+  COMPILED_PARTS traces as one graph (the custom ops have fake kernels; tests/test_perf_paths.py
+  checks it on the CPU), so a graph break is an error instead of a silent slow path.
+- `perf.pad_to` (H, W): every batch padded to exactly (H, W) (landscape or square images) or
+  (W, H) (portrait): the fixed-shape part sees two shapes only (mrcnn/data/collate.py).
+- `perf.cuda_graphs`: the fixed-shape part (backbone + FPN + RPN head) runs as CUDA graphs, one
+  set per (orientation shape, batch size): `CudaGraphs` below.
+- `perf.prefetch`: batches are copied to the GPU on a side stream (mrcnn/data/prefetch.py).
+
+The model remembers its switches (`settings_of(model)`), so the inference loop pads, prefetches and
+replays graphs for any caller that hands it a model built here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
 COMPILED_PARTS = ("backbone", "rpn", "box_head", "box_predictor", "mask_head", "mask_predictor")
 
 
+@dataclasses.dataclass(frozen=True)
+class PerfSettings:
+    """The switches the data path needs at run time (the model ones are applied at build)."""
+
+    channels_last: bool = False
+    pad_to: tuple[int, ...] = ()
+    prefetch: bool = True
+    cuda_graphs: bool = False
+    dtype: str = "float32"
+
+
+_SETTINGS_ATTR = "_mrcnn_perf_settings"
+
+
+def settings_from_config(config: ml_collections.ConfigDict) -> PerfSettings:
+    p = config.perf
+    return PerfSettings(
+        channels_last=bool(p.channels_last),
+        pad_to=tuple(int(v) for v in p.pad_to),
+        prefetch=bool(p.prefetch),
+        cuda_graphs=bool(p.cuda_graphs),
+        dtype=str(config.dtype),
+    )
+
+
+def settings_of(model: nn.Module) -> PerfSettings:
+    """The switches `model` was built with (defaults for a model built elsewhere)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, _SETTINGS_ATTR, PerfSettings())
+
+
+def remember_settings(model: nn.Module, config: ml_collections.ConfigDict) -> None:
+    """Stores `config.perf`'s run-time switches on `model` (read back by `settings_of`)."""
+    # A plain attribute (not a module, parameter or buffer): state_dict stays the same.
+    object.__setattr__(model, _SETTINGS_ATTR, settings_from_config(config))
+
+
 def apply_perf_switches(model: nn.Module, config: ml_collections.ConfigDict) -> nn.Module:
+    """channels_last and torch.compile in place; the settings are remembered on the model.
+    CUDA graphs are installed separately (`install_cuda_graphs`): they need the model on its
+    device and, for training, its final weights layout."""
+    remember_settings(model, config)
     if config.perf.channels_last:
         model.to(memory_format=torch.channels_last)
     if config.perf.compile:
+        fullgraph = bool(config.perf.compile_fullgraph)
         parts = []
         for name in COMPILED_PARTS:
             module = getattr(model, name, None)
             if isinstance(module, nn.Module):
-                module.compile(dynamic=None)
+                module.compile(dynamic=None, fullgraph=fullgraph)
                 parts.append(name)
-        log.info("torch.compile: %s", ", ".join(parts))
+        log.info("torch.compile (fullgraph=%s): %s", fullgraph, ", ".join(parts))
     return model
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+
+
+def autocast_state(device_type: str = "cuda") -> torch.dtype | None:
+    """The autocast dtype in effect for `device_type`, None when autocast is off."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _Part(nn.Module):
+    """Runs `module`'s original forward; what make_graphed_callables graphs. It holds `module`
+    as a submodule so the graph's input surface includes the module's parameters (their
+    gradients come out of the graphed backward), without being registered in the model."""
+
+    def __init__(self, module: nn.Module, forward: Callable):
+        super().__init__()
+        self.inner = module
+        self._forward = forward
+
+    def forward(self, *args):
+        return self._forward(*args)
+
+
+@dataclasses.dataclass
+class _InferGraph:
+    """Forward-only graphs of backbone and RPN head for one input shape, one memory pool."""
+
+    static_x: Tensor
+    backbone_graph: torch.cuda.CUDAGraph
+    feats: list[Tensor]
+    rpn_graph: torch.cuda.CUDAGraph
+    rpn_out: tuple[list[Tensor], list[Tensor]]
+
+
+class CudaGraphs:
+    """CUDA graphs over the fixed-shape part of a MaskRCNN: `model.backbone` (body + FPN) and
+    `model.rpn` (the RPN head's convs). Installed by replacing the two modules' `forward` with a
+    dispatcher (instance attributes; the modules, their parameters and state_dict keys are
+    unchanged), so MaskRCNN.forward, DDP and checkpoints work as before.
+
+    Training (model.training and grad enabled): forward + backward graphs made with
+    `torch.cuda.make_graphed_callables` for (backbone, RPN head) together, per input shape, by
+    `capture_training` before the loop (and before DDP wraps the model: DDP's gradient hooks run
+    eagerly on the gradients the graphed backward returns, so the all-reduce stays outside the
+    graphs and DDP works unchanged). The capture runs under the training autocast with
+    `cache_enabled=False`, as the docs require; a call under another autocast state, or with an
+    input shape that was not captured, is an error rather than a silent eager step. BN running
+    statistics touched by the warm-up iterations are restored afterwards.
+
+    Inference (eval mode or no grad): forward graphs captured lazily per (input shape, autocast
+    dtype, memory format) on the first batch of that key: a few warm-up iterations on a side
+    stream, then `torch.cuda.graph` capture; backbone and RPN graphs of one key share one pool
+    and are always replayed in capture order. Outputs are static buffers overwritten by the next
+    replay of the same key; MaskRCNN consumes them before its forward returns.
+
+    Any input shape other than the two `pad_to` orientation shapes is rejected: pad the batch
+    (mrcnn.data.collate.pad_batch_to).
+    """
+
+    def __init__(self, model: nn.Module, pad_to: Sequence[int], warmup_iters: int = 3):
+        if not torch.cuda.is_available():
+            raise RuntimeError("config.perf.cuda_graphs=True needs CUDA, and none is available")
+        if len(pad_to) != 2:
+            raise ValueError(
+                f"config.perf.pad_to={tuple(pad_to)!r}: CUDA graphs need one fixed (H, W)"
+            )
+        dev = next(model.parameters()).device
+        if dev.type != "cuda":
+            raise RuntimeError(
+                f"config.perf.cuda_graphs=True: the model is on {dev}; move it to CUDA first"
+            )
+        self.model = model
+        self.pad_to = (int(pad_to[0]), int(pad_to[1]))
+        self.shapes = {self.pad_to, (self.pad_to[1], self.pad_to[0])}
+        self.warmup_iters = int(warmup_iters)
+        self._backbone_fwd = model.backbone.forward
+        self._rpn_fwd = model.rpn.forward
+        self._train: dict[tuple, tuple[Callable, Callable]] = {}
+        self._infer: dict[tuple, _InferGraph] = {}
+        self._active: Callable | None = None  # the RPN graph that goes with the last backbone
+        self._active_feats: list[Tensor] | None = None
+        model.backbone.forward = self._backbone
+        model.rpn.forward = self._rpn
+
+    # -------------------------------------------------------------- dispatch
+    def _check_shape(self, x: Tensor) -> None:
+        if tuple(x.shape[-2:]) not in self.shapes:
+            raise RuntimeError(
+                f"config.perf.cuda_graphs: input of shape {tuple(x.shape)} is neither of the "
+                f"config.perf.pad_to orientation shapes {sorted(self.shapes)}; pad batches "
+                "with mrcnn.data.collate.pad_batch_to"
+            )
+
+    @staticmethod
+    def _key(x: Tensor) -> tuple:
+        return (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last))
+
+    def _backbone(self, x: Tensor) -> list[Tensor]:
+        self._check_shape(x)
+        if self.model.training and torch.is_grad_enabled():
+            # The autocast dtype is part of the key: a graph replays the casts it captured.
+            key = (*self._key(x), autocast_state())
+            if key not in self._train:
+                raise RuntimeError(
+                    f"config.perf.cuda_graphs: no training graph for (input shape, dtype, "
+                    f"channels_last, autocast) = {key} (captured: {list(self._train)}); call "
+                    "capture_training with this batch size, config.dtype and memory format "
+                    "before the training loop"
+                )
+            graphed_backbone, graphed_rpn = self._train[key]
+            feats = graphed_backbone(x)
+            self._active, self._active_feats = graphed_rpn, feats
+            return feats
+        graph = self._infer_graph(x)
+        graph.static_x.copy_(x)
+        graph.backbone_graph.replay()
+        self._active, self._active_feats = graph, graph.feats
+        return graph.feats
+
+    def _rpn(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        active, expected = self._active, self._active_feats
+        self._active = self._active_feats = None
+        if active is None or expected is None or len(feats) != len(expected) or any(
+                a is not b for a, b in zip(feats, expected)):
+            raise RuntimeError(
+                "config.perf.cuda_graphs: the RPN head must be called on the backbone's outputs "
+                "right after it (as MaskRCNN.forward does)"
+            )
+        if isinstance(active, _InferGraph):
+            active.rpn_graph.replay()
+            return active.rpn_out
+        return active(feats)
+
+    # -------------------------------------------------------------- capture
+    def capture_training(
+        self, batch_size: int, dtype: str = "float32", channels_last: bool = False,
+        shapes: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        """Forward + backward graphs of backbone and RPN head for `batch_size` images of each
+        shape in `shapes` (default: both orientations), under autocast `dtype`. Call with the
+        model in training mode, on the bare model (before DDP), before the first step."""
+        from mrcnn.train import autocast  # the training loop's own autocast, cache disabled
+
+        model = self.model
+        if not model.training:
+            raise RuntimeError("capture_training: put the model in training mode first")
+        device = next(model.parameters()).device
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        for shape in shapes if shapes is not None else sorted(self.shapes):
+            if tuple(shape) not in self.shapes:
+                raise ValueError(f"capture_training: {shape} is not a pad_to shape {self.shapes}")
+            x = torch.zeros((batch_size, 3, *shape), device=device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            key = (*self._key(x), autocast_state_for(dtype))
+            if key in self._train:
+                continue
+            backbone = _Part(model.backbone, self._backbone_fwd)
+            rpn = _Part(model.rpn, self._rpn_fwd)
+            with autocast(device, dtype, cache_enabled=False):
+                with torch.no_grad():  # the RPN's sample input: the backbone's output layout
+                    sample = self._backbone_fwd(x)
+                grad = any(p.requires_grad for p in model.backbone.parameters())
+                feats = [f.detach().clone().requires_grad_(grad) for f in sample]
+                del sample
+                graphed_backbone, graphed_rpn = torch.cuda.make_graphed_callables(
+                    (backbone, rpn), ((x,), (feats,)), num_warmup_iters=self.warmup_iters)
+            self._train[key] = (graphed_backbone, graphed_rpn)
+            log.info("CUDA graphs: captured training backbone+FPN+RPN head for %s", key)
+        # The warm-up iterations ran BN in training mode: put the statistics back, in place
+        # (the graphs hold these very buffers).
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+
+    def _infer_graph(self, x: Tensor) -> _InferGraph:
+        dtype = autocast_state()
+        key = (*self._key(x), dtype)
+        graph = self._infer.get(key)
+        if graph is not None:
+            return graph
+        static_x = x.detach().clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        # cache_enabled=False: a cached cast of a weight would be freed when autocast exits,
+        # under a graph that still reads it.
+        cast = torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None,
+                              cache_enabled=False)
+        with cast, torch.no_grad():
+            with torch.cuda.stream(side):  # warm-up: cudnn autotuning, lazy initialisation
+                for _ in range(max(1, self.warmup_iters)):
+                    self._rpn_fwd(self._backbone_fwd(static_x))
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            pool = torch.cuda.graph_pool_handle()
+            g_backbone, g_rpn = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g_backbone, pool=pool):
+                feats = self._backbone_fwd(static_x)
+            with torch.cuda.graph(g_rpn, pool=pool):
+                rpn_out = self._rpn_fwd(feats)
+        graph = _InferGraph(static_x, g_backbone, feats, g_rpn, rpn_out)
+        self._infer[key] = graph
+        log.info("CUDA graphs: captured inference backbone+FPN+RPN head for %s", key)
+        return graph
+
+
+def autocast_state_for(dtype: str) -> torch.dtype | None:
+    """What `autocast_state()` reports inside the training loop's autocast of `dtype`."""
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def install_cuda_graphs(model: nn.Module, config: ml_collections.ConfigDict) -> CudaGraphs | None:
+    """CudaGraphs on `model` when `perf.cuda_graphs` is set (None otherwise); the model must be on
+    its CUDA device. Capture of training graphs is the caller's (`capture_training`)."""
+    if not config.perf.cuda_graphs:
+        return None
+    graphs = CudaGraphs(model, config.perf.pad_to,
+                        warmup_iters=11 if _world_size() > 1 else 3)  # DDP: 11 (the docs)
+    object.__setattr__(model, "_mrcnn_cuda_graphs", graphs)
+    return graphs
+
+
+def graphs_of(model: nn.Module) -> CudaGraphs | None:
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_mrcnn_cuda_graphs", None)
+
+
+def _world_size() -> int:
+    from mrcnn import dist
+
+    return dist.world_size()

@@ -8,6 +8,7 @@ continue exactly: model, optimizer, scaler, iteration, RNG states and the config
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -21,7 +22,9 @@ import torch
 from torch import nn
 
 from mrcnn import checkpoint, dist, solver
-from mrcnn.perf import apply_perf_switches
+from mrcnn.data.collate import pad_batch_to
+from mrcnn.data.prefetch import Prefetcher
+from mrcnn.perf import apply_perf_switches, install_cuda_graphs
 from mrcnn.writer import MetricWriter, SmoothedValue, format_eta
 
 log = logging.getLogger("mrcnn.train")
@@ -35,10 +38,13 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def autocast(device: torch.device, dtype: str):
+def autocast(device: torch.device, dtype: str, cache_enabled: bool = True):
+    """torch.autocast for bfloat16 / float16, a no-op for float32. CUDA graphs need
+    cache_enabled=False (a cached weight cast would be freed under a graph that reads it)."""
     if dtype == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype],
+                          cache_enabled=cache_enabled)
 
 
 def seed_everything(seed: int) -> None:
@@ -178,6 +184,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
             weights.load_weights(model, config.init.weights, config.init.format)
         seed_everything(config.seed + rank)  # per-rank randomness (sampling) from here on
 
+    graphs = install_cuda_graphs(model, config)
+    if graphs is not None:
+        # Captured on the bare model before DDP wraps it (DDP's hooks then run eagerly on the
+        # gradients the graphed backward returns), after the resume so nothing is captured
+        # twice; load_state_dict copies in place, so the graphs would survive it anyway.
+        model.train()
+        graphs.capture_training(s.ims_per_batch // (world * s.accumulate_steps), config.dtype,
+                                bool(config.perf.channels_last))
+
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -190,6 +205,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
         )
 
     loader = data_lib.build_train_loader(config, start_iter=start_iter, rank=rank, world_size=world)
+    # The prefetcher reads one batch ahead; which batch each step trains on is a function of
+    # the step (samplers.py), so resuming stays exact.
+    pad_to = tuple(config.perf.pad_to)
+    batches = Prefetcher(loader, device,
+                         transform=functools.partial(pad_batch_to, pad_to=pad_to) if pad_to
+                         else None,
+                         overlap=bool(config.perf.prefetch))
     iters_per_epoch = loader.iters_per_epoch
     writer = MetricWriter(workdir)
     meters = {k: SmoothedValue() for k in ("loss", *LOSS_NAMES, "time", "data")}
@@ -229,7 +251,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
             parts = {k: torch.zeros((), device=device) for k in LOSS_NAMES}
             for micro in range(accum):
                 td = time.perf_counter()
-                batch = next(loader).to(device, non_blocking=True)
+                batch = next(batches)  # on the device, padded to perf.pad_to if set
                 data_time += time.perf_counter() - td
                 if config.perf.channels_last:
                     batch.images.tensor = batch.images.tensor.contiguous(
@@ -240,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                     else contextlib.nullcontext()
                 )
                 with sync:
-                    with autocast(device, config.dtype):
+                    with autocast(device, config.dtype, cache_enabled=graphs is None):
                         losses = train_model(batch.images, batch.targets)
                     loss = sum(v.float() for v in losses.values()) / accum
                     scaler.scale(loss).backward()
