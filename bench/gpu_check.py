@@ -7,7 +7,9 @@ Training at batch 8 and 16, inference at batch 1 and 8, each in bfloat16 autocas
 (TF32 matmuls/convs on Ampere and newer), NCHW and channels_last; torchvision's Mask R-CNN on
 the same weights and inputs is timed beside ours at the first batch size of each mode. Warm-up,
 then the median of timed iterations (the step is synchronised, so wall time equals CUDA time),
-peak memory and host syncs per step. Writes one JSON with date and hardware.
+peak memory and host syncs per step. Then the fixed-shape variant (bf16, channels_last,
+perf.pad_to=800x1344, perf.cuda_graphs) at training batch 16 and inference batch 8; its rows
+carry "variant". Writes one JSON with date and hardware.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu else "cuda")
     if args.cpu:
         size, train_batches, infer_batches, iters, warmup = (256, 320), (1,), (1, 2), 1, 1
+        pad_to = (256, 320)
     else:
         size, train_batches, infer_batches, iters, warmup = (800, 1333), (8, 16), (1, 8), 20, 5
+        pad_to = (800, 1344)
     iters = args.iters or iters
     scratch = tempfile.mkdtemp(prefix="mrcnn-gpu-check-")
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
@@ -68,6 +72,30 @@ def main() -> None:
                     out["runs"].append({**r, "batch": batch, "channels_last": channels_last})
                 with open(args.out, "w") as f:  # after every run: a timeout keeps what was done
                     json.dump(out, f, indent=2)
+    # The fixed-shape variant: bf16 channels_last, batches padded to one shape per orientation
+    # and backbone+FPN+RPN head as CUDA graphs (on the CPU rehearsal: the padding only), at the
+    # largest batch of each mode, fewer iterations (graphs vary little; the capture costs time).
+    for mode, batch in (("train", train_batches[-1]), ("infer", infer_batches[-1])):
+        c = r50_fpn_1x.get_config()
+        c.bench.mode, c.bench.batch_size, c.bench.image_size = mode, batch, size
+        c.bench.iters, c.bench.warmup = max(1, iters // 2), min(warmup, 3)
+        c.bench.dtypes, c.bench.reference = ("bfloat16",), False
+        c.perf.channels_last = True
+        c.perf.pad_to = pad_to
+        c.perf.cuda_graphs = device.type == "cuda"
+        try:
+            res = bench.bench(c, scratch, device)
+        except torch.OutOfMemoryError as e:
+            out["runs"].append({"mode": mode, "batch": batch, "variant": "cuda_graphs",
+                                "oom": str(e)[:200]})
+            torch.cuda.empty_cache()
+            continue
+        for r in res["runs"]:
+            r["ours"].pop("times", None)
+            out["runs"].append({**r, "batch": batch, "channels_last": True,
+                                "variant": res["variant"]})
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
     print(json.dumps(out, indent=2))
 
 

@@ -3,7 +3,8 @@
 #   1. install the pure-Python deps from carried wheels (.whl/, no network there),
 #   2. build `ops` with CUDA (sm_90) against the machine's own torch,
 #   3. run the op tests (CUDA kernels against the CPU kernels and the references),
-#   4. run the benchmark matrix (bench/gpu_check.py) and write one JSON into $OUT (or bench/results).
+#   4. run the CUDA tests of the perf paths (CUDA graphs, prefetcher),
+#   5. run the benchmark matrix (bench/gpu_check.py) and write one JSON into $OUT (or bench/results).
 # Rehearse on a CPU:  bash launch/gpu_check.sh --cpu
 # Prepare the wheels here first:  bash launch/gpu_check.sh --fetch-wheels
 set -uo pipefail
@@ -40,4 +41,6 @@ export MRCNN_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS
 time $PY setup.py -q build_ext --inplace 2>&1 | tail -20
 $PY -c "import ops; print(ops.info())"
 timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py -x 2>&1 | tail -15
+# CUDA graphs (graphed == eager, training and inference) and the side-stream prefetcher
+timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_perf_paths.py -x -k cuda 2>&1 | tail -15
 timeout 300 $PY -m bench.gpu_check --out "$OUTDIR/h200-$STAMP.json" 2>&1 | tail -60

@@ -19,6 +19,8 @@ import ml_collections
 import torch
 
 from mrcnn import dist
+from mrcnn.data.collate import fixed_shape, pad_images_to
+from mrcnn.perf import CudaGraphs
 from mrcnn.structures import ImageBatch, InstanceMasks, Targets
 
 log = logging.getLogger("mrcnn.bench")
@@ -58,10 +60,19 @@ def count_syncs(step) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def _autocast(device, dtype):
+def _autocast(device, dtype, cache_enabled=True):
     if dtype == "float32":
         return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
+    return torch.autocast(device.type, dtype=DTYPES[dtype], cache_enabled=cache_enabled)
+
+
+def variant_name(config) -> str:
+    """The fast paths of a run, as the table and the JSON report them ("eager" for none)."""
+    p = config.perf
+    parts = [k for k in ("channels_last", "cuda_graphs") if p[k]]  # what bench applies
+    if tuple(p.pad_to):
+        parts.append("pad_to=%dx%d" % tuple(p.pad_to))
+    return "+".join(parts) or "eager"
 
 
 def _is_torchvision_compatible(config) -> bool:
@@ -133,12 +144,22 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                         min_size=min(h, w), max_size=max(h, w)).to(device)
         ours.load_state_dict(weights.convert_torchvision_state_dict(tv.state_dict()))
     raw, images, targets, tv_targets = synthetic_inputs(cfg, b.batch_size, h, w, device)
+    pad_to = tuple(config.perf.pad_to)
+    if pad_to:  # the fixed shape of the images' orientation (a clear error if they exceed it)
+        images = pad_images_to(images, fixed_shape(images.image_sizes, pad_to))
     if config.perf.channels_last:
         ours.to(memory_format=torch.channels_last)
         images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+    graphs = None
+    if config.perf.cuda_graphs:
+        if device.type != "cuda":
+            raise RuntimeError(f"config.perf.cuda_graphs=True: bench runs on {device}, "
+                               "CUDA graphs need a CUDA device")
+        graphs = CudaGraphs(ours, pad_to)
 
     results: dict = {"config": config.name, "device": str(device), "batch_size": b.batch_size,
-                     "image_size": [h, w], "torch": torch.__version__,
+                     "image_size": [h, w], "variant": variant_name(config),
+                     "padded_size": list(images.tensor.shape[-2:]), "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
                      "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else f"CPU x{os.cpu_count()}", "runs": []}
@@ -163,12 +184,18 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                                 m(raw)
                 else:
                     model.train()
+                    if name == "ours" and graphs is not None:
+                        graphs.capture_training(
+                            b.batch_size, dtype, bool(config.perf.channels_last),
+                            shapes=[tuple(images.tensor.shape[-2:])])
                     params = [p for p in model.parameters() if p.requires_grad]
                     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
                     inputs = (images, targets) if name == "ours" else (raw, tv_targets)
 
-                    def step(m=model, opt=opt, inputs=inputs):
-                        with _autocast(device, dtype):
+                    cache = not (name == "ours" and graphs is not None)  # graphs: no cache
+
+                    def step(m=model, opt=opt, inputs=inputs, cache=cache):
+                        with _autocast(device, dtype, cache):
                             losses = m(*inputs)
                         sum(v.float() for v in losses.values()).backward()
                         opt.step()
@@ -200,7 +227,8 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
 def format_table(results: dict) -> str:
     lines = [f"bench {results['config']} on {results['hardware']} ({results['device']}, "
              f"{results['threads']} threads), batch {results['batch_size']}, "
-             f"{results['image_size'][0]}x{results['image_size'][1]}, {results['date']}",
+             f"{results['image_size'][0]}x{results['image_size'][1]}, "
+             f"{results.get('variant', 'eager')}, {results['date']}",
              "| mode | dtype | ours s/iter | ours img/s | torchvision s/iter | ratio |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:

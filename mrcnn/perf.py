@@ -125,6 +125,34 @@ class _InferGraph:
     rpn_out: tuple[list[Tensor], list[Tensor]]
 
 
+class _ForwardGraph:
+    """A forward-only graph of `fn(static_inputs)` (a list of tensors), no gradient, under the
+    autocast in effect at capture: calling it copies the inputs into the static ones (unless they
+    are the same memory), replays, and returns the static outputs (overwritten by the next call).
+    """
+
+    def __init__(self, fn: Callable, static_inputs: list[Tensor], warmup_iters: int = 3,
+                 pool=None):
+        self.static_inputs = [t.detach() for t in static_inputs]
+        side = torch.cuda.Stream(self.static_inputs[0].device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad():
+            with torch.cuda.stream(side):  # warm-up on a side stream, as the docs say
+                for _ in range(max(1, warmup_iters)):
+                    fn(self.static_inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.static_outputs = fn(self.static_inputs)
+
+    def __call__(self, inputs: list[Tensor]):
+        for s, t in zip(self.static_inputs, inputs):
+            if s.data_ptr() != t.data_ptr():
+                s.copy_(t)
+        self.graph.replay()
+        return self.static_outputs
+
+
 class CudaGraphs:
     """CUDA graphs over the fixed-shape part of a MaskRCNN: `model.backbone` (body + FPN) and
     `model.rpn` (the RPN head's convs). Installed by replacing the two modules' `forward` with a
@@ -222,6 +250,11 @@ class CudaGraphs:
         if isinstance(active, _InferGraph):
             active.rpn_graph.replay()
             return active.rpn_out
+        if isinstance(active, _ForwardGraph) and torch.is_grad_enabled():
+            raise RuntimeError(
+                "config.perf.cuda_graphs: the RPN head was captured without gradient "
+                "(model.rpn.sparse_grad) but is called with gradient enabled"
+            )
         return active(feats)
 
     # -------------------------------------------------------------- capture
@@ -250,14 +283,22 @@ class CudaGraphs:
                 continue
             backbone = _Part(model.backbone, self._backbone_fwd)
             rpn = _Part(model.rpn, self._rpn_fwd)
+            # model.rpn.sparse_grad: MaskRCNN runs the dense RPN head without gradient (its loss
+            # re-evaluates the head at the sampled anchors, eagerly): a forward-only graph.
+            sparse = bool(getattr(model, "cfg", {}).get("rpn", {}).get("sparse_grad", False))
             with autocast(device, dtype, cache_enabled=False):
                 with torch.no_grad():  # the RPN's sample input: the backbone's output layout
                     sample = self._backbone_fwd(x)
                 grad = any(p.requires_grad for p in model.backbone.parameters())
-                feats = [f.detach().clone().requires_grad_(grad) for f in sample]
+                feats = [f.detach().clone().requires_grad_(grad and not sparse) for f in sample]
                 del sample
-                graphed_backbone, graphed_rpn = torch.cuda.make_graphed_callables(
-                    (backbone, rpn), ((x,), (feats,)), num_warmup_iters=self.warmup_iters)
+                if sparse:
+                    graphed_backbone = torch.cuda.make_graphed_callables(
+                        backbone, (x,), num_warmup_iters=self.warmup_iters)
+                    graphed_rpn = _ForwardGraph(self._rpn_fwd, feats, self.warmup_iters)
+                else:
+                    graphed_backbone, graphed_rpn = torch.cuda.make_graphed_callables(
+                        (backbone, rpn), ((x,), (feats,)), num_warmup_iters=self.warmup_iters)
             self._train[key] = (graphed_backbone, graphed_rpn)
             log.info("CUDA graphs: captured training backbone+FPN+RPN head for %s", key)
         # The warm-up iterations ran BN in training mode: put the statistics back, in place

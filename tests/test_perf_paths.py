@@ -254,8 +254,10 @@ def _graph_inputs(c, device, shape=(64, 96), batch=2):
 
 
 @cuda
-def test_cuda_graphs_training_equals_eager():
+@pytest.mark.parametrize("sparse_grad", [True, False])
+def test_cuda_graphs_training_equals_eager(sparse_grad):
     c = _tiny()
+    c.model.rpn.sparse_grad = sparse_grad  # forward-only RPN graph vs graphed RPN backward
     c.model.backbone.norm = "GN"  # no BN statistics: eager and graphed steps see the same model
     c.perf.pad_to = (64, 96)
     c.perf.cuda_graphs = True
