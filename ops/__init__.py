@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,6 +40,8 @@ __all__ = [
     "polygons_to_masks",
     "grid_anchors",
     "decode_boxes",
+    "multilevel_roi_align",
+    "rpn_decode_topk",
     "info",
 ]
 
@@ -205,6 +208,81 @@ def decode_boxes(
             deltas, boxes, [float(w) for w in weights], float(clamp)
         )
     return reference.decode_boxes(deltas, boxes, weights, clamp)
+
+
+def multilevel_roi_align(
+    features: Sequence[Tensor],
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_level: int = 4,
+    canonical_scale: float = 224.0,
+) -> Tensor:
+    """RoIAlign over FPN levels in one call, as torchvision.ops.MultiScaleRoIAlign.
+
+    features: finest first, each [N, C, H_l, W_l] (one dtype; channels-last is fine) with
+    spatial_scales 2**-k_min, 2**-(k_min + 1), ...; rois: float32/float64 [R, 5] (batch_index,
+    x1, y1, x2, y2) in image pixels. Each RoI is pooled from level
+    floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6) clamped to the levels
+    present (mrcnn.modeling.poolers.map_levels, in the rois' dtype); a RoI with negative area has
+    no level and gives zeros. Results equal ops.roi_align of each level on its RoIs, bit for
+    bit, with no host synchronisation. Differentiable w.r.t. the features.
+    Returns [R, C, output_h, output_w].
+    """
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    scales = [float(s) for s in spatial_scales]
+    k_min = int(-math.log2(scales[0]))
+    k_max = int(-math.log2(scales[-1]))
+    if k_max - k_min + 1 != len(features):
+        raise ValueError(
+            f"spatial_scales {scales} are not one octave apart for {len(features)} levels"
+        )
+    if _native(rois):
+        return torch.ops.mrcnn.multilevel_roi_align(
+            list(features), rois, scales, ph, pw, int(sampling_ratio), bool(aligned),
+            int(canonical_level), float(canonical_scale), k_min,
+        )
+    return reference.multilevel_roi_align(
+        list(features), rois, scales, ph, pw, sampling_ratio, aligned, canonical_level,
+        canonical_scale, k_min,
+    )
+
+
+def rpn_decode_topk(
+    objectness: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    level_sizes: Sequence[int],
+    pre_nms_top_n: int,
+    image_hw: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: float = math.log(1000.0 / 16),
+    min_size: float = 0.0,
+    score_thresh: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The RPN's pre-NMS proposals for all levels and images in one call.
+
+    objectness: logits [B, N]; deltas [B, N, 4] (same dtype); anchors [N, 4] xyxy, levels
+    concatenated with sizes `level_sizes`; image_hw [B, 2] unpadded (h, w). Per level and image
+    the min(pre_nms_top_n, N_l) highest logits (torch.topk's order and ties), their
+    probabilities, their boxes decoded on their anchors (BoxCoder.decode with `weights` and
+    `clamp`) and clipped to the image, and valid = both sides >= min_size and probability >=
+    score_thresh. Returns (boxes [B, K, 4], probabilities [B, K], level int64 [K], valid bool
+    [B, K]), K = sum_l min(pre_nms_top_n, N_l), levels in order: equal to the first half of
+    mrcnn.modeling.rpn.select_proposals bit for bit (see ops.reference.rpn_decode_topk).
+    """
+    sizes = [int(n) for n in level_sizes]
+    if _native(objectness):
+        return torch.ops.mrcnn.rpn_decode_topk(
+            objectness, deltas, anchors, sizes, int(pre_nms_top_n), image_hw,
+            [float(w) for w in weights], float(clamp), float(min_size), float(score_thresh),
+        )
+    return reference.rpn_decode_topk(
+        objectness, deltas, anchors, sizes, pre_nms_top_n, image_hw, weights, clamp, min_size,
+        score_thresh,
+    )
 
 
 def info() -> dict:

@@ -141,3 +141,125 @@ def _grid_anchors_fake(
 @torch.library.register_fake("mrcnn::decode_boxes")
 def _decode_boxes_fake(deltas: Tensor, boxes: Tensor, weights: list[float], clamp: float) -> Tensor:
     return deltas.new_empty(deltas.shape)
+
+
+@torch.library.register_fake("mrcnn::multilevel_roi_align")
+def _multilevel_roi_align_fake(
+    features: list[Tensor],
+    rois: Tensor,
+    spatial_scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_level: int,
+    canonical_scale: float,
+    k_min: int,
+) -> Tensor:
+    torch._check(len(features) >= 1, lambda: "at least one feature map")
+    torch._check(len(spatial_scales) == len(features), lambda: "one spatial scale per map")
+    torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "rois must be [K, 5]")
+    f = features[0]
+    return f.new_empty((rois.shape[0], f.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("mrcnn::multilevel_roi_align_backward")
+def _multilevel_roi_align_backward_fake(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    batch_size: int,
+    channels: int,
+    heights: list[int],
+    widths: list[int],
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_level: int,
+    canonical_scale: float,
+    k_min: int,
+) -> list[Tensor]:
+    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+
+
+def _multilevel_setup_context(ctx, inputs, output) -> None:
+    features, rois, scales, ph, pw, sampling_ratio, aligned, level, scale, k_min = inputs
+    ctx.save_for_backward(rois)
+    ctx.args = (scales, ph, pw, sampling_ratio, aligned, level, scale, k_min)
+    f = features[0]
+    ctx.shapes = (f.shape[0], f.shape[1], [x.shape[2] for x in features],
+                  [x.shape[3] for x in features])
+
+
+def _multilevel_backward_formula(ctx, grad: Tensor):
+    (rois,) = ctx.saved_tensors
+    scales, ph, pw, sampling_ratio, aligned, level, scale, k_min = ctx.args
+    n, c, hs, ws = ctx.shapes
+    grads = torch.ops.mrcnn.multilevel_roi_align_backward(
+        grad, rois, scales, ph, pw, n, c, hs, ws, sampling_ratio, aligned, level, scale, k_min
+    )
+    return (list(grads),) + (None,) * 9
+
+
+torch.library.register_autograd(
+    "mrcnn::multilevel_roi_align",
+    _multilevel_backward_formula,
+    setup_context=_multilevel_setup_context,
+)
+
+
+def _multilevel_backward_setup_context(ctx, inputs, output) -> None:
+    grad, rois, scales, ph, pw, n, c, hs, ws, sampling_ratio, aligned, level, scale, k_min = inputs
+    ctx.save_for_backward(rois)
+    ctx.args = (scales, ph, pw, sampling_ratio, aligned, level, scale, k_min)
+    ctx.shapes = (n, c, list(hs), list(ws))
+
+
+def _multilevel_double_backward(ctx, grad_grads):
+    # The backward is linear in `grad`; its adjoint is the forward on the per-level gradients.
+    (rois,) = ctx.saved_tensors
+    scales, ph, pw, sampling_ratio, aligned, level, scale, k_min = ctx.args
+    n, c, hs, ws = ctx.shapes
+    maps = [
+        g if g is not None else rois.new_zeros((n, c, h, w))
+        for g, h, w in zip(grad_grads, hs, ws)
+    ]
+    grad_grad = torch.ops.mrcnn.multilevel_roi_align(
+        maps, rois, scales, ph, pw, sampling_ratio, aligned, level, scale, k_min
+    )
+    return (grad_grad,) + (None,) * 13
+
+
+torch.library.register_autograd(
+    "mrcnn::multilevel_roi_align_backward",
+    _multilevel_double_backward,
+    setup_context=_multilevel_backward_setup_context,
+)
+
+
+@torch.library.register_fake("mrcnn::rpn_decode_topk")
+def _rpn_decode_topk_fake(
+    objectness: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    level_sizes: list[int],
+    pre_nms_top_n: int,
+    image_hw: Tensor,
+    weights: list[float],
+    clamp: float,
+    min_size: float,
+    score_thresh: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    torch._check(objectness.dim() == 2, lambda: "objectness must be [B, N]")
+    torch._check(deltas.dim() == 3 and deltas.shape[2] == 4, lambda: "deltas must be [B, N, 4]")
+    b = objectness.shape[0]
+    k = 0
+    for n in level_sizes:
+        k = k + torch.sym_min(pre_nms_top_n, n)
+    return (
+        objectness.new_empty((b, k, 4)),
+        objectness.new_empty((b, k)),
+        objectness.new_empty((k,), dtype=torch.int64),
+        objectness.new_empty((b, k), dtype=torch.bool),
+    )

@@ -27,6 +27,9 @@ __all__ = [
     "polygons_to_masks_pycocotools",
     "grid_anchors",
     "decode_boxes",
+    "fpn_levels",
+    "multilevel_roi_align",
+    "rpn_decode_topk",
 ]
 
 
@@ -428,3 +431,158 @@ def decode_boxes(
     x2 = pred_ctr_x + c_to_c_w
     y2 = pred_ctr_y + c_to_c_h
     return torch.stack((x1, y1, x2, y2), dim=2).flatten(1)
+
+
+def fpn_levels(
+    boxes: Tensor,
+    k_min: int,
+    k_max: int,
+    canonical_level: int = 4,
+    canonical_scale: float = 224.0,
+) -> Tensor:
+    """FPN level index (0 = level k_min) of each box [R, 4] xyxy -> int64 [R]:
+    floor(k0 + log2(sqrt(area) / s0) + 1e-6) clamped to [k_min, k_max] (torchvision's
+    LevelMapper, in the boxes' dtype). A box with negative area (NaN level) gets -1: no level.
+    """
+    s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    eps = torch.tensor(1e-6, dtype=s.dtype, device=s.device)
+    lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + eps)
+    lvl = torch.clamp(lvl, min=k_min, max=k_max)
+    return torch.where(torch.isnan(lvl), -1, lvl.nan_to_num().to(torch.int64) - k_min)
+
+
+def multilevel_roi_align(
+    features: list[Tensor],
+    rois: Tensor,
+    spatial_scales: list[float],
+    pooled_h: int,
+    pooled_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+    canonical_level: int = 4,
+    canonical_scale: float = 224.0,
+    k_min: int = 2,
+) -> Tensor:
+    """RoIAlign of rois [R, 5] over FPN levels (features finest first, level k_min first): each
+    RoI is pooled from its `fpn_levels` level at that level's scale; RoIs with no level (negative
+    area) give zeros. Returns [R, C, pooled_h, pooled_w] in the features' dtype.
+    """
+    f0 = features[0]
+    levels = fpn_levels(rois[:, 1:], k_min, k_min + len(features) - 1, canonical_level,
+                        canonical_scale)
+    out = f0.new_zeros((rois.shape[0], f0.shape[1], pooled_h, pooled_w))
+    for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
+        sel = torch.where(levels == lvl)[0]
+        if sel.numel():
+            pooled = roi_align(feat, rois[sel], scale, pooled_h, pooled_w, sampling_ratio, aligned)
+            out = out.index_copy(0, sel, pooled)
+    return out
+
+
+def rpn_decode_topk(
+    objectness: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    level_sizes: list[int],
+    pre_nms_top_n: int,
+    image_hw: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: float = math.log(1000.0 / 16),
+    min_size: float = 0.0,
+    score_thresh: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The RPN's pre-NMS selection (mrcnn/modeling/rpn.py select_proposals before its NMS).
+
+    objectness logits [B, N], deltas [B, N, 4], anchors [N, 4] (levels concatenated, sizes
+    `level_sizes`), image_hw [B, 2] (h, w). Per level the min(pre_nms_top_n, N_l) highest logits
+    (torch.topk order), decoded on their anchors, clipped to the image; valid = both sides >=
+    min_size and sigmoid(logit) >= score_thresh. Returns boxes [B, K, 4], probabilities [B, K],
+    level int64 [K], valid bool [B, K] with K = sum_l min(pre_nms_top_n, N_l).
+    """
+    b = objectness.shape[0]
+    tops, lvls = [], []
+    offset = 0
+    for level, n in enumerate(level_sizes):
+        k = min(pre_nms_top_n, n)
+        top = objectness[:, offset : offset + n].topk(k, dim=1).indices
+        tops.append(top + offset)
+        lvls.append(torch.full((k,), level, dtype=torch.int64, device=objectness.device))
+        offset += n
+    idx = torch.cat(tops, dim=1)
+    lvl = torch.cat(lvls)
+    scores = torch.sigmoid(torch.gather(objectness, 1, idx))
+    k = idx.shape[1]
+    d = torch.gather(deltas, 1, idx[..., None].expand(-1, -1, 4)).reshape(b * k, 4)
+    boxes = decode_boxes(d, anchors[idx].reshape(b * k, 4), weights, clamp).view(b, k, 4)
+    hw = image_hw.to(boxes.dtype)
+    x = boxes[..., 0::2].clamp(min=0).clamp(max=hw[:, 1, None, None])
+    y = boxes[..., 1::2].clamp(min=0).clamp(max=hw[:, 0, None, None])
+    boxes = torch.stack((x, y), dim=-1).reshape(boxes.shape)
+    ws = boxes[..., 2] - boxes[..., 0]
+    hs = boxes[..., 3] - boxes[..., 1]
+    valid = (ws >= min_size) & (hs >= min_size) & (scores >= score_thresh)
+    return boxes, scores, lvl, valid
+
+
+def encode_boxes(
+    targets: Tensor,
+    reference: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+) -> Tensor:
+    """Regression deltas [N, 4] (dx, dy, dw, dh) that turn boxes `reference` [N, 4] into
+    `targets` [N, 4] (xyxy): torchvision's BoxCoder.encode_single, operation for operation."""
+    wx, wy, ww, wh = weights
+    ex_w = reference[:, 2] - reference[:, 0]
+    ex_h = reference[:, 3] - reference[:, 1]
+    ex_x = reference[:, 0] + 0.5 * ex_w
+    ex_y = reference[:, 1] + 0.5 * ex_h
+    gt_w = targets[:, 2] - targets[:, 0]
+    gt_h = targets[:, 3] - targets[:, 1]
+    gt_x = targets[:, 0] + 0.5 * gt_w
+    gt_y = targets[:, 1] + 0.5 * gt_h
+    dx = wx * (gt_x - ex_x) / ex_w
+    dy = wy * (gt_y - ex_y) / ex_h
+    dw = ww * torch.log(gt_w / ex_w)
+    dh = wh * torch.log(gt_h / ex_h)
+    return torch.stack((dx, dy, dw, dh), dim=1)
+
+
+def match_boxes(
+    gt_boxes: Tensor,
+    gt_valid: Tensor,
+    boxes: Tensor,
+    high_threshold: float,
+    low_threshold: float,
+    allow_low_quality_matches: bool = False,
+) -> Tensor:
+    """torchvision's Matcher on the IoU of padded gt [B, M, 4] (valid [B, M]) with boxes [N, 4]
+    or [B, N, 4] -> int64 [B, N] (gt index, -1 below low, -2 between); see ops.match_boxes.
+
+    One image at a time, so the IoU matrix is [M, N], never [B, M, N]. Padded gt rows have
+    quality -1; the IoU is (x2 - x1) * (y2 - y1) areas, inter / ((area_gt + area_box) - inter).
+    """
+    if low_threshold > high_threshold:
+        raise ValueError(f"low_threshold {low_threshold} > high_threshold {high_threshold}")
+    b, m = gt_valid.shape
+    n = boxes.shape[-2]
+    out = torch.full((b, n), -1, dtype=torch.int64, device=gt_boxes.device)
+    if m == 0 or n == 0:
+        return out
+    for i in range(b):
+        g, p = gt_boxes[i], boxes if boxes.dim() == 2 else boxes[i]
+        area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+        area_p = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
+        w = (torch.min(g[:, None, 2], p[None, :, 2]) - torch.max(g[:, None, 0], p[None, :, 0]))
+        h = (torch.min(g[:, None, 3], p[None, :, 3]) - torch.max(g[:, None, 1], p[None, :, 1]))
+        inter = w.clamp(min=0) * h.clamp(min=0)
+        iou = inter / (area_g[:, None] + area_p[None, :] - inter)
+        valid = gt_valid[i][:, None]
+        q = torch.where(valid, iou, torch.full_like(iou, -1.0))
+        # torch.max: the first NaN wins, else the first (lowest gt index) of equal maxima.
+        vals, idx = q.max(dim=0)
+        res = torch.where(vals < low_threshold, -1, torch.where(vals < high_threshold, -2, idx))
+        if allow_low_quality_matches:
+            highest = q.max(dim=1, keepdim=True).values
+            res = torch.where(((q == highest) & valid).any(dim=0), idx, res)
+        out[i] = res
+    return out

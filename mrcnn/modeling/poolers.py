@@ -1,14 +1,14 @@
 """Multi-scale RoIAlign: each RoI is pooled from the pyramid level that suits its size.
 
 The level of a box of area A is floor(k0 + log2(sqrt(A) / 224) + 1e-6), k0 = 4, clamped to the
-levels present (FPN paper, eq. 1; torchvision's LevelMapper). The scale of each level is
+levels present (FPN paper, eq. 1; torchvision's LevelMapper); `map_levels` states the rule, which
+ops.multilevel_roi_align applies inside its kernel. The scale of each level is
 inferred from the feature size against the largest (unpadded) image size as torchvision does:
 2 ** round(log2(feature_h / image_h)).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -61,23 +61,15 @@ def roi_pool(
     size = (output_size, output_size)
     if len(features) == 1:
         return ops.roi_align(features[0], rois, size, scales[0], sampling_ratio, aligned)
-    k_min = int(-math.log2(scales[0]))
-    k_max = int(-math.log2(scales[-1]))
-    levels = map_levels(boxes, k_min, k_max)
-    # RoIs grouped by level with one sort and one host read of the counts (instead of one
-    # nonzero per level), pooled level by level, written back to their original rows.
-    order = torch.argsort(levels, stable=True)
-    counts = torch.bincount(levels, minlength=len(features)).tolist()
-    pooled = [
-        ops.roi_align(f, r, size, scale, sampling_ratio, aligned)
-        for f, r, scale, n in zip(features, rois[order].split(counts), scales, counts)
-        if n
-    ]
-    feat = features[0]
-    if not pooled:
-        return feat.new_zeros((0, feat.shape[1], output_size, output_size))
-    dtype = pooled[0].dtype
-    sorted_out = torch.cat([p.to(dtype) for p in pooled])
-    # Every RoI gets exactly one level, so every row is written: no zero fill needed.
-    out = torch.empty_like(sorted_out)
-    return out.index_copy_(0, order, sorted_out)
+    # One operator for all levels: each RoI picks its level with map_levels' rule inside the
+    # kernel, so there is no sort, no per-level launch and no host read of the level counts.
+    return ops.multilevel_roi_align(
+        features,
+        rois,
+        size,
+        scales,
+        sampling_ratio,
+        aligned,
+        canonical_level=CANONICAL_LEVEL,
+        canonical_scale=CANONICAL_SCALE,
+    )

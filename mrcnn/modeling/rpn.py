@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 import ops
 from mrcnn.modeling import box_coder
-from mrcnn.modeling.boxes import clip_boxes, nonempty
 
 
 class RPNHead(nn.Module):
@@ -85,26 +84,25 @@ def select_proposals(
     deltas = deltas.detach().float()
     b = objectness.shape[0]
     num_levels = len(level_sizes)
-    tops, lvls = [], []
-    offset = 0
-    for level, n in enumerate(level_sizes):
-        k = min(pre_nms_top_n, n)
-        top = objectness[:, offset : offset + n].topk(k, dim=1).indices
-        tops.append(top + offset)
-        lvls.append(torch.full((k,), level, dtype=torch.int64, device=objectness.device))
-        offset += n
-    idx = torch.cat(tops, dim=1)  # [B, K]
-    lvl = torch.cat(lvls)  # [K]
-    scores = torch.sigmoid(torch.gather(objectness, 1, idx))
-    d = torch.gather(deltas, 1, idx[..., None].expand(-1, -1, 4))
-    boxes = box_coder.decode(d, anchors[idx], weights)
-    boxes = clip_boxes(boxes, image_hw[:, 0:1], image_hw[:, 1:2])
-    keep_mask = nonempty(boxes, min_size) & (scores >= score_thresh)
+    # Per-level top-k, gather, sigmoid, decode, clip and the validity tests, all levels and
+    # images in one operator (equal bit for bit to ops.reference.rpn_decode_topk).
+    boxes, scores, lvl, keep_mask = ops.rpn_decode_topk(
+        objectness,
+        deltas,
+        anchors,
+        level_sizes,
+        pre_nms_top_n,
+        image_hw,
+        weights=tuple(weights),
+        clamp=box_coder.DEFAULT_SCALE_CLAMP,
+        min_size=min_size,
+        score_thresh=score_thresh,
+    )
 
     bi, ki = torch.nonzero(keep_mask, as_tuple=True)
     cand_boxes, cand_scores = boxes[bi, ki], scores[bi, ki]
     keep = ops.batched_nms(cand_boxes, cand_scores, bi * num_levels + lvl[ki], nms_thresh)
-    p = min(post_nms_top_n, idx.shape[1])
+    p = min(post_nms_top_n, boxes.shape[1])
     return _top_per_image(cand_boxes[keep], cand_scores[keep], bi[keep], b, p)
 
 

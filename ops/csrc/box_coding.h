@@ -58,13 +58,21 @@ MRCNN_HD T exp_of(T v) {
   }
 }
 
-// Decodes column group j of row r (i = r * per_row + j): deltas[r, 4j:4j+4] on boxes[r].
+// The log-size deltas (dw, dh) of one box: divided by their weights and clamped.
 template <typename T>
-MRCNN_HD void decode_one(const T* deltas, const T* boxes, T* out, int64_t i, int64_t per_row,
-                         const DecodeParams<T>& p) {
-  const int64_t r = i / per_row;
-  const T* b = boxes + 4 * r;
-  const T* d = deltas + 4 * i;
+MRCNN_HD void decode_log_sizes(const T* d, const DecodeParams<T>& p, T& dw, T& dh) {
+  dw = d[2] / p.ww;
+  dh = d[3] / p.wh;
+  // Without the clamp, exp() of a large predicted log-size overflows to inf.
+  dw = dw > p.clamp ? p.clamp : dw;
+  dh = dh > p.clamp ? p.clamp : dh;
+}
+
+// The decoded box d on reference box b, given exp(dw) and exp(dh) of decode_log_sizes (the CPU
+// RPN kernel takes them from ATen's exp, which is what torch.exp computes on the CPU).
+template <typename T>
+MRCNN_HD void decode_with_exp(const T* d, const T* b, T exp_dw, T exp_dh, T* out,
+                              const DecodeParams<T>& p) {
   const T half = static_cast<T>(0.5);
   const T widths = b[2] - b[0];
   const T heights = b[3] - b[1];
@@ -72,21 +80,26 @@ MRCNN_HD void decode_one(const T* deltas, const T* boxes, T* out, int64_t i, int
   const T ctr_y = b[1] + half * heights;
   const T dx = d[0] / p.wx;
   const T dy = d[1] / p.wy;
-  T dw = d[2] / p.ww;
-  T dh = d[3] / p.wh;
-  // Without the clamp, exp() of a large predicted log-size overflows to inf.
-  dw = dw > p.clamp ? p.clamp : dw;
-  dh = dh > p.clamp ? p.clamp : dh;
   const T pcx = dx * widths + ctr_x;
   const T pcy = dy * heights + ctr_y;
-  const T pw = exp_of(dw) * widths;
-  const T ph = exp_of(dh) * heights;
+  const T pw = exp_dw * widths;
+  const T ph = exp_dh * heights;
   const T cw = half * pw;
   const T ch = half * ph;
-  out[4 * i + 0] = pcx - cw;
-  out[4 * i + 1] = pcy - ch;
-  out[4 * i + 2] = pcx + cw;
-  out[4 * i + 3] = pcy + ch;
+  out[0] = pcx - cw;
+  out[1] = pcy - ch;
+  out[2] = pcx + cw;
+  out[3] = pcy + ch;
+}
+
+// Decodes column group j of row r (i = r * per_row + j): deltas[r, 4j:4j+4] on boxes[r].
+template <typename T>
+MRCNN_HD void decode_one(const T* deltas, const T* boxes, T* out, int64_t i, int64_t per_row,
+                         const DecodeParams<T>& p) {
+  T dw, dh;
+  decode_log_sizes(deltas + 4 * i, p, dw, dh);
+  decode_with_exp(deltas + 4 * i, boxes + 4 * (i / per_row), exp_of(dw), exp_of(dh), out + 4 * i,
+                  p);
 }
 
 }  // namespace mrcnn

@@ -35,6 +35,19 @@ TORCH_LIBRARY(mrcnn, m) {
       "grid_anchors(Tensor base_anchors, SymInt feat_h, SymInt feat_w, int stride_h, "
       "int stride_w) -> Tensor");
   m.def("decode_boxes(Tensor deltas, Tensor boxes, float[] weights, float clamp) -> Tensor");
+  m.def(
+      "multilevel_roi_align(Tensor[] features, Tensor rois, float[] spatial_scales, "
+      "int pooled_height, int pooled_width, int sampling_ratio, bool aligned, "
+      "int canonical_level, float canonical_scale, int k_min) -> Tensor");
+  m.def(
+      "multilevel_roi_align_backward(Tensor grad, Tensor rois, float[] spatial_scales, "
+      "int pooled_height, int pooled_width, SymInt batch_size, SymInt channels, "
+      "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, "
+      "int canonical_level, float canonical_scale, int k_min) -> Tensor[]");
+  m.def(
+      "rpn_decode_topk(Tensor objectness, Tensor deltas, Tensor anchors, SymInt[] level_sizes, "
+      "int pre_nms_top_n, Tensor image_hw, float[] weights, float clamp, float min_size, "
+      "float score_thresh) -> (Tensor boxes, Tensor scores, Tensor levels, Tensor valid)");
 }
 
 // `import ops._C` loads this library (running the registrations above) and exposes what the

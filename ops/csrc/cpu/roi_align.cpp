@@ -23,6 +23,7 @@
 
 #include "../common.h"
 #include "parallel.h"
+#include "roi_align.h"
 
 namespace mrcnn {
 namespace {
@@ -423,6 +424,22 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
 }
 
 }  // namespace
+
+// Entry points for cpu/multilevel.cpp (declared in roi_align.h).
+at::Tensor roi_align_cpu_forward(const at::Tensor& input, const at::Tensor& rois,
+                                 double spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                 int64_t sampling_ratio, bool aligned) {
+  return roi_align_forward_cpu(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                               aligned);
+}
+
+at::Tensor roi_align_cpu_backward(const at::Tensor& grad, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                  int64_t batch_size, int64_t channels, int64_t height,
+                                  int64_t width, int64_t sampling_ratio, bool aligned) {
+  return roi_align_backward_cpu(grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
+                                channels, height, width, sampling_ratio, aligned);
+}
 
 TORCH_LIBRARY_IMPL(mrcnn, CPU, m) {
   m.impl("roi_align", &roi_align_forward_cpu);
