@@ -40,6 +40,9 @@ __all__ = [
     "polygons_to_masks",
     "grid_anchors",
     "decode_boxes",
+    "encode_boxes",
+    "match_boxes",
+    "has_kernels",
     "multilevel_roi_align",
     "rpn_decode_topk",
     "info",
@@ -65,6 +68,12 @@ def _native(*tensors: Tensor) -> bool:
             stacklevel=3,
         )
     return False
+
+
+def has_kernels(tensor: Tensor) -> bool:
+    """Whether compiled kernels serve tensors on `tensor`'s device (no fallback, no warning)."""
+    dev = tensor.device.type
+    return _C is not None and (dev in ("cpu", "meta") or (dev == "cuda" and bool(_C.cuda)))
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -208,6 +217,61 @@ def decode_boxes(
             deltas, boxes, [float(w) for w in weights], float(clamp)
         )
     return reference.decode_boxes(deltas, boxes, weights, clamp)
+
+
+def encode_boxes(
+    targets: Tensor,
+    reference: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+) -> Tensor:
+    """torchvision BoxCoder.encode_single: the deltas (dx, dy, dw, dh) that turn `reference` boxes
+    into `targets`, both float [N, 4] xyxy of one dtype -> [N, 4].
+
+    dx = wx * (gx - rx) / rw, dw = ww * log(gw / rw) (centres, widths; likewise y, h), in
+    torchvision's operation order and with torch's own log, so the result equals
+    `BoxCoder(weights).encode_single(targets, reference)` bit for bit. Zero-size references
+    give inf/NaN, as there. No gradient: regression targets are constants.
+    """
+    if _native(targets):
+        return torch.ops.mrcnn.encode_boxes(targets, reference, [float(w) for w in weights])
+    from ops import reference as ref_impl  # the argument `reference` hides the module
+
+    return ref_impl.encode_boxes(targets, reference, weights)
+
+
+def match_boxes(
+    gt_boxes: Tensor,
+    gt_valid: Tensor,
+    boxes: Tensor,
+    high_threshold: float,
+    low_threshold: float,
+    allow_low_quality_matches: bool = False,
+) -> Tensor:
+    """Matches predictions (anchors, proposals) to padded ground truth by IoU: torchvision's
+    `Matcher`, batched, without building the [B, M, N] IoU matrix.
+
+    gt_boxes: float [B, M, 4] xyxy; gt_valid: bool [B, M] (False marks padding rows, which never
+    match); boxes: [N, 4] shared by the batch or [B, N, 4], in gt_boxes' dtype. Returns int64
+    [B, N]: each prediction's best gt (the lowest index among equal IoUs) when that IoU is
+    >= high_threshold, -2 when it lies in [low_threshold, high_threshold), -1 below low_threshold
+    or when M == 0. With `allow_low_quality_matches`, every prediction that attains some valid
+    gt's highest IoU (ties included, also when that IoU is 0) is matched to its own best gt
+    whatever its IoU. IoUs are mrcnn.modeling.boxes.pairwise_iou's, 0/0 = NaN included (it
+    counts as a match, as NaN wins torch.max), so the result equals
+    mrcnn.modeling.matcher.match on that matrix exactly.
+    """
+    if _native(gt_boxes):
+        return torch.ops.mrcnn.match_boxes(
+            gt_boxes,
+            gt_valid,
+            boxes,
+            float(high_threshold),
+            float(low_threshold),
+            bool(allow_low_quality_matches),
+        )
+    return reference.match_boxes(
+        gt_boxes, gt_valid, boxes, high_threshold, low_threshold, allow_low_quality_matches
+    )
 
 
 def multilevel_roi_align(

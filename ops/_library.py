@@ -143,6 +143,30 @@ def _decode_boxes_fake(deltas: Tensor, boxes: Tensor, weights: list[float], clam
     return deltas.new_empty(deltas.shape)
 
 
+@torch.library.register_fake("mrcnn::encode_boxes")
+def _encode_boxes_fake(targets: Tensor, reference: Tensor, weights: list[float]) -> Tensor:
+    torch._check(targets.dim() == 2 and targets.shape[1] == 4, lambda: "targets must be [N, 4]")
+    torch._check(reference.shape == targets.shape, lambda: "reference must be [N, 4] like targets")
+    torch._check(reference.dtype == targets.dtype, lambda: "targets and reference dtypes differ")
+    return targets.new_empty((targets.shape[0], 4))
+
+
+@torch.library.register_fake("mrcnn::match_boxes")
+def _match_boxes_fake(
+    gt_boxes: Tensor,
+    gt_valid: Tensor,
+    boxes: Tensor,
+    high_threshold: float,
+    low_threshold: float,
+    allow_low_quality_matches: bool,
+) -> Tensor:
+    torch._check(gt_boxes.dim() == 3 and gt_boxes.shape[2] == 4, lambda: "gt_boxes: [B, M, 4]")
+    torch._check(gt_valid.shape == gt_boxes.shape[:2], lambda: "gt_valid must be [B, M]")
+    torch._check(boxes.dim() in (2, 3) and boxes.shape[-1] == 4, lambda: "boxes: [(B,) N, 4]")
+    torch._check(boxes.dtype == gt_boxes.dtype, lambda: "boxes and gt_boxes dtypes differ")
+    return gt_boxes.new_empty((gt_boxes.shape[0], boxes.shape[-2]), dtype=torch.int64)
+
+
 @torch.library.register_fake("mrcnn::multilevel_roi_align")
 def _multilevel_roi_align_fake(
     features: list[Tensor],

@@ -27,6 +27,8 @@ __all__ = [
     "polygons_to_masks_pycocotools",
     "grid_anchors",
     "decode_boxes",
+    "encode_boxes",
+    "match_boxes",
     "fpn_levels",
     "multilevel_roi_align",
     "rpn_decode_topk",

@@ -102,4 +102,72 @@ MRCNN_HD void decode_one(const T* deltas, const T* boxes, T* out, int64_t i, int
                   p);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Box encoding, torchvision's BoxCoder.encode_single (mrcnn/modeling/box_coder.py `encode`).
+inline void check_encode_args(const at::Tensor& targets, const at::Tensor& reference,
+                              at::ArrayRef<double> weights) {
+  TORCH_CHECK(targets.dim() == 2 && targets.size(1) == 4, "encode_boxes: targets must be [N, 4], "
+              "got ", targets.sizes());
+  TORCH_CHECK(reference.sizes() == targets.sizes(), "encode_boxes: reference must be [N, 4] like "
+              "targets ", targets.sizes(), ", got ", reference.sizes());
+  TORCH_CHECK(at::isFloatingType(targets.scalar_type()), "encode_boxes: targets must be floating "
+              "point, got ", targets.scalar_type());
+  TORCH_CHECK(reference.scalar_type() == targets.scalar_type(), "encode_boxes: targets and "
+              "reference dtypes differ (", targets.scalar_type(), " vs ", reference.scalar_type(),
+              ")");
+  TORCH_CHECK(reference.device() == targets.device(), "encode_boxes: targets and reference must "
+              "be on one device");
+  TORCH_CHECK(weights.size() == 4, "encode_boxes: weights must have 4 values");
+}
+
+// A Python float times a tensor is computed in the tensor's op-math type (float for half).
+template <typename acc_t>
+struct EncodeParams {
+  acc_t wx, wy, ww, wh;
+};
+
+template <typename T>
+inline EncodeParams<at::opmath_type<T>> encode_params(at::ArrayRef<double> w) {
+  using acc_t = at::opmath_type<T>;
+  return {static_cast<acc_t>(w[0]), static_cast<acc_t>(w[1]), static_cast<acc_t>(w[2]),
+          static_cast<acc_t>(w[3])};
+}
+
+// Encoding runs in three steps because the log must be ATen's own: a kernel's logf differs from
+// torch.log on the CPU (ATen's vectorised SLEEF log) in about 3% of float32 inputs, by one ulp,
+// and encode must equal torchvision's BoxCoder exactly.
+// Step 1, row i: out[i, 0:2] = (wx * (gx - rx) / rw, wy * (gy - ry) / rh) and the size ratios
+// ratio[i] = (gw / rw, gh / rh). Step 2 (the caller): ratio.log_(). Step 3: encode_scale_one.
+template <typename T>
+MRCNN_HD void encode_one(const T* targets, const T* reference, T* out, T* ratio, int64_t i,
+                         const EncodeParams<at::opmath_type<T>>& p) {
+  using acc_t = at::opmath_type<T>;
+  const T* r = reference + 4 * i;
+  const T* g = targets + 4 * i;
+  const T half = static_cast<T>(0.5);
+  const T ex_w = r[2] - r[0];
+  const T ex_h = r[3] - r[1];
+  const T ex_x = r[0] + half * ex_w;
+  const T ex_y = r[1] + half * ex_h;
+  const T gt_w = g[2] - g[0];
+  const T gt_h = g[3] - g[1];
+  const T gt_x = g[0] + half * gt_w;
+  const T gt_y = g[1] + half * gt_h;
+  const T sx = static_cast<T>(p.wx * static_cast<acc_t>(gt_x - ex_x));
+  const T sy = static_cast<T>(p.wy * static_cast<acc_t>(gt_y - ex_y));
+  out[4 * i + 0] = sx / ex_w;
+  out[4 * i + 1] = sy / ex_h;
+  ratio[2 * i + 0] = gt_w / ex_w;
+  ratio[2 * i + 1] = gt_h / ex_h;
+}
+
+// Step 3, row i: out[i, 2:4] = (ww * log_ratio[i, 0], wh * log_ratio[i, 1]).
+template <typename T>
+MRCNN_HD void encode_scale_one(const T* log_ratio, T* out, int64_t i,
+                               const EncodeParams<at::opmath_type<T>>& p) {
+  using acc_t = at::opmath_type<T>;
+  out[4 * i + 2] = static_cast<T>(p.ww * static_cast<acc_t>(log_ratio[2 * i + 0]));
+  out[4 * i + 3] = static_cast<T>(p.wh * static_cast<acc_t>(log_ratio[2 * i + 1]));
+}
+
 }  // namespace mrcnn

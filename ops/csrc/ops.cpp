@@ -48,6 +48,10 @@ TORCH_LIBRARY(mrcnn, m) {
       "rpn_decode_topk(Tensor objectness, Tensor deltas, Tensor anchors, SymInt[] level_sizes, "
       "int pre_nms_top_n, Tensor image_hw, float[] weights, float clamp, float min_size, "
       "float score_thresh) -> (Tensor boxes, Tensor scores, Tensor levels, Tensor valid)");
+  m.def("encode_boxes(Tensor targets, Tensor reference, float[] weights) -> Tensor");
+  m.def(
+      "match_boxes(Tensor gt_boxes, Tensor gt_valid, Tensor boxes, float high_threshold, "
+      "float low_threshold, bool allow_low_quality_matches) -> Tensor");
 }
 
 // `import ops._C` loads this library (running the registrations above) and exposes what the

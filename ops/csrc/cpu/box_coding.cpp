@@ -62,11 +62,38 @@ at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
   return out;
 }
 
+at::Tensor encode_boxes_cpu(const at::Tensor& targets, const at::Tensor& reference,
+                            at::ArrayRef<double> weights) {
+  check_encode_args(targets, reference, weights);
+  at::Tensor out = at::empty({targets.size(0), 4}, targets.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor t = targets.contiguous();
+  const at::Tensor r = reference.contiguous();
+  at::Tensor ratio = at::empty({targets.size(0), 2}, targets.options());
+  const int64_t n = t.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "mrcnn_encode", [&] {
+    const auto prm = encode_params<scalar_t>(weights);
+    const scalar_t* tp = t.data_ptr<scalar_t>();
+    const scalar_t* rp = r.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* qp = ratio.data_ptr<scalar_t>();
+    dynamic_parallel_for(0, n, kDecodeChunk, 16 * n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) encode_one<scalar_t>(tp, rp, op, qp, i, prm);
+    });
+    ratio.log_();  // ATen's log: see box_coding.h
+    dynamic_parallel_for(0, n, kAnchorChunk, 2 * n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) encode_scale_one<scalar_t>(qp, op, i, prm);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mrcnn, CPU, m) {
   m.impl("grid_anchors", &grid_anchors_cpu);
   m.impl("decode_boxes", &decode_boxes_cpu);
+  m.impl("encode_boxes", &encode_boxes_cpu);
 }
 
 }  // namespace mrcnn

@@ -36,6 +36,25 @@ __global__ void decode_kernel(int64_t total, const T* __restrict__ deltas,
   }
 }
 
+template <typename T>
+__global__ void encode_kernel(int64_t n, const T* __restrict__ targets,
+                              const T* __restrict__ reference, T* __restrict__ out,
+                              T* __restrict__ ratio, EncodeParams<at::opmath_type<T>> p) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(blockDim.x) * gridDim.x) {
+    encode_one<T>(targets, reference, out, ratio, i, p);
+  }
+}
+
+template <typename T>
+__global__ void encode_scale_kernel(int64_t n, const T* __restrict__ log_ratio,
+                                    T* __restrict__ out, EncodeParams<at::opmath_type<T>> p) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(blockDim.x) * gridDim.x) {
+    encode_scale_one<T>(log_ratio, out, i, p);
+  }
+}
+
 at::Tensor grid_anchors_cuda(const at::Tensor& base_anchors, int64_t feat_h, int64_t feat_w,
                              int64_t stride_h, int64_t stride_w) {
   TORCH_CHECK(base_anchors.dim() == 2 && base_anchors.size(1) == 4, "base_anchors must be [A, 4]");
@@ -75,11 +94,40 @@ at::Tensor decode_boxes_cuda(const at::Tensor& deltas, const at::Tensor& boxes,
   return out;
 }
 
+// Three steps on the current stream (see box_coding.h): dx, dy and size ratios; ATen's log of
+// the ratios, which rounds as torch.log does on this device; the weights.
+at::Tensor encode_boxes_cuda(const at::Tensor& targets, const at::Tensor& reference,
+                             at::ArrayRef<double> weights) {
+  check_encode_args(targets, reference, weights);
+  const at::cuda::CUDAGuard guard(targets.device());
+  const int64_t n = targets.size(0);
+  at::Tensor out = at::empty({n, 4}, targets.options());
+  if (n == 0) return out;
+  const at::Tensor t = targets.contiguous();
+  const at::Tensor r = reference.contiguous();
+  at::Tensor ratio = at::empty({n, 2}, targets.options());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(),
+                                  "mrcnn_encode_cuda", [&] {
+    const auto prm = encode_params<scalar_t>(weights);
+    encode_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        n, t.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+        ratio.data_ptr<scalar_t>(), prm);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ratio.log_();
+    encode_scale_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        n, ratio.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), prm);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mrcnn, CUDA, m) {
   m.impl("grid_anchors", &grid_anchors_cuda);
   m.impl("decode_boxes", &decode_boxes_cuda);
+  m.impl("encode_boxes", &encode_boxes_cuda);
 }
 
 }  // namespace mrcnn

@@ -1,0 +1,185 @@
+// CPU matching of predictions to padded ground truth (see match.h for the semantics).
+//
+// Work is split into tiles of kTile predictions of one image; a tile's boxes are copied into
+// structure-of-arrays buffers so that the loop over the tile, run once per gt, vectorises.
+// Pass 1 writes each tile's per-gt maxima into a [B, tiles, M] buffer that is then reduced per
+// gt; max is exact, so neither the tiling nor the thread count can change a result.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../common.h"
+#include "../match.h"
+#include "parallel.h"
+
+namespace mrcnn {
+namespace {
+
+constexpr int64_t kTile = 512;  // predictions per task: ~10 KB of buffers, M * 512 IoUs of work
+
+template <typename T>
+struct Tile {
+  T x1[kTile], y1[kTile], x2[kTile], y2[kTile], area[kTile];
+  int64_t size;
+
+  void load(const T* boxes, int64_t n0, int64_t n1) {
+    size = n1 - n0;
+    for (int64_t k = 0; k < size; ++k) {
+      const T* b = boxes + 4 * (n0 + k);
+      x1[k] = b[0];
+      y1[k] = b[1];
+      x2[k] = b[2];
+      y2[k] = b[3];
+      area[k] = (b[2] - b[0]) * (b[3] - b[1]);
+    }
+  }
+};
+
+// The quality of gt g (box gb, area ga) against prediction k of the tile.
+template <typename T>
+inline T tile_iou(const T* gb, T ga, const Tile<T>& t, int64_t k) {
+  return iou_with_areas(gb[0], gb[1], gb[2], gb[3], ga, t.x1[k], t.y1[k], t.x2[k], t.y2[k],
+                        t.area[k]);
+}
+
+template <typename T>
+void match_kernel(const T* gt, const bool* valid, const T* boxes, bool shared, int64_t b_count,
+                  int64_t m, int64_t n, T high, T low, bool allow_low_quality, int64_t* out) {
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  const int64_t tasks = b_count * tiles;
+  const int64_t work = 16 * b_count * m * n * (allow_low_quality ? 2 : 1);
+  // The gts as structure of arrays, for pass 1's loop over them.
+  std::vector<T> gx1(b_count * m), gy1(b_count * m), gx2(b_count * m), gy2(b_count * m);
+  std::vector<T> gt_area(b_count * m);
+  for (int64_t i = 0; i < b_count * m; ++i) {
+    const T* g = gt + 4 * i;
+    gx1[i] = g[0];
+    gy1[i] = g[1];
+    gx2[i] = g[2];
+    gy2[i] = g[3];
+    gt_area[i] = (g[2] - g[0]) * (g[3] - g[1]);
+  }
+  auto image_boxes = [&](int64_t b) { return shared ? boxes : boxes + 4 * n * b; };
+
+  // Pass 1: highest[b, g] = max over predictions of IoU(g, .), NaN if any IoU is NaN (torch.max).
+  // The loop over the gts is innermost: an element-wise update of per-gt maxima vectorises
+  // where a max-reduction over the predictions (NaN-aware, so no MAXPS) does not.
+  std::vector<T> highest;
+  if (allow_low_quality) {
+    std::vector<T> partial(tasks * m);
+    dynamic_parallel_for(0, tasks, 1, work / 2, [&](int64_t t0, int64_t t1) {
+      std::vector<T> best(m);
+      std::vector<int32_t> nan(m);
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t b = task / tiles, n0 = (task % tiles) * kTile;
+        const int64_t n1 = std::min(n, n0 + kTile);
+        const T* p = image_boxes(b);
+        const T *x1 = gx1.data() + b * m, *y1 = gy1.data() + b * m, *x2 = gx2.data() + b * m,
+                *y2 = gy2.data() + b * m, *ga = gt_area.data() + b * m;
+        std::fill(best.begin(), best.end(), -std::numeric_limits<T>::infinity());
+        std::fill(nan.begin(), nan.end(), 0);
+        for (int64_t k = n0; k < n1; ++k) {
+          const T* pb = p + 4 * k;
+          const T px1 = pb[0], py1 = pb[1], px2 = pb[2], py2 = pb[3];
+          const T pa = (px2 - px1) * (py2 - py1);
+          for (int64_t g = 0; g < m; ++g) {
+            const T q = iou_with_areas(x1[g], y1[g], x2[g], y2[g], ga[g], px1, py1, px2, py2, pa);
+            nan[g] |= static_cast<int32_t>(is_nan(q));
+            best[g] = q > best[g] ? q : best[g];
+          }
+        }
+        for (int64_t g = 0; g < m; ++g) {
+          partial[task * m + g] = nan[g] ? std::numeric_limits<T>::quiet_NaN() : best[g];
+        }
+      }
+    });
+    highest.assign(b_count * m, -std::numeric_limits<T>::infinity());
+    for (int64_t b = 0; b < b_count; ++b) {
+      for (int64_t c = 0; c < tiles; ++c) {
+        for (int64_t g = 0; g < m; ++g) {
+          T& h = highest[b * m + g];
+          const T p = partial[(b * tiles + c) * m + g];
+          if (beats(p, h)) h = p;
+        }
+      }
+    }
+  }
+
+  // Pass 2: per prediction, its best gt (first NaN, else the first maximum, as torch.max over
+  // the gt dimension; padded gts have quality -1), the thresholds and the low-quality rule.
+  const T pad = static_cast<T>(-1);
+  dynamic_parallel_for(0, tasks, 1, work, [&](int64_t t0, int64_t t1) {
+    Tile<T> tile;
+    T best_v[kTile];
+    int32_t best_i[kTile];
+    int32_t hit[kTile];  // attains some valid gt's highest IoU
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / tiles, n0 = (task % tiles) * kTile;
+      tile.load(image_boxes(b), n0, std::min(n, n0 + kTile));
+      const int64_t size = tile.size;
+      for (int64_t k = 0; k < size; ++k) {
+        best_v[k] = pad;  // gt 0 below overwrites it: every gt "beats" the initial state
+        best_i[k] = 0;
+        hit[k] = 0;
+      }
+      for (int64_t g = 0; g < m; ++g) {
+        const int32_t gi = static_cast<int32_t>(g);
+        if (!valid[b * m + g]) {
+          // Quality -1 everywhere: it wins only where everything so far is below -1.
+          for (int64_t k = 0; k < size; ++k) {
+            const bool up = g == 0 || beats(pad, best_v[k]);
+            best_v[k] = up ? pad : best_v[k];
+            best_i[k] = up ? gi : best_i[k];
+          }
+          continue;
+        }
+        const T* gb = gt + 4 * (b * m + g);
+        const T ga = gt_area[b * m + g];
+        const T h = allow_low_quality ? highest[b * m + g] : T(0);
+        for (int64_t k = 0; k < size; ++k) {
+          const T q = tile_iou(gb, ga, tile, k);
+          const bool up = g == 0 || beats(q, best_v[k]);
+          best_v[k] = up ? q : best_v[k];
+          best_i[k] = up ? gi : best_i[k];
+          if (allow_low_quality) hit[k] |= static_cast<int32_t>(q == h);
+        }
+      }
+      int64_t* o = out + b * n + n0;
+      for (int64_t k = 0; k < size; ++k) {
+        o[k] = match_decision(best_v[k], static_cast<int64_t>(best_i[k]), high, low, hit[k] != 0);
+      }
+    }
+  });
+}
+
+at::Tensor match_boxes_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_valid,
+                           const at::Tensor& boxes, double high_threshold, double low_threshold,
+                           bool allow_low_quality_matches) {
+  check_match_args(gt_boxes, gt_valid, boxes, high_threshold, low_threshold);
+  const int64_t b_count = gt_boxes.size(0), m = gt_boxes.size(1), n = boxes.size(-2);
+  TORCH_CHECK(m < std::numeric_limits<int32_t>::max(), "match_boxes: too many gt boxes");
+  at::Tensor out = at::full({b_count, n}, kBelowLowThreshold, gt_boxes.options().dtype(at::kLong));
+  if (m == 0 || n == 0 || b_count == 0) return out;
+  const at::Tensor gt = gt_boxes.contiguous();
+  const at::Tensor valid = gt_valid.contiguous();
+  const at::Tensor bx = boxes.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "mrcnn_match", [&] {
+    // A tensor compared with a Python float compares in the tensor's dtype.
+    match_kernel<scalar_t>(gt.data_ptr<scalar_t>(), valid.data_ptr<bool>(),
+                           bx.data_ptr<scalar_t>(), boxes.dim() == 2, b_count, m, n,
+                           static_cast<scalar_t>(high_threshold),
+                           static_cast<scalar_t>(low_threshold), allow_low_quality_matches,
+                           out.data_ptr<int64_t>());
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mrcnn, CPU, m) { m.impl("match_boxes", &match_boxes_cpu); }
+
+}  // namespace mrcnn
