@@ -18,7 +18,7 @@ import time
 import ml_collections
 import torch
 
-from mrcnn import dist
+from mrcnn import dist, onednn
 from mrcnn.data.collate import fixed_shape, pad_images_to
 from mrcnn.perf import CudaGraphs
 from mrcnn.structures import ImageBatch, InstanceMasks, Targets
@@ -69,7 +69,7 @@ def _autocast(device, dtype, cache_enabled=True):
 def variant_name(config) -> str:
     """The fast paths of a run, as the table and the JSON report them ("eager" for none)."""
     p = config.perf
-    parts = [k for k in ("channels_last", "cuda_graphs") if p[k]]  # what bench applies
+    parts = [k for k in ("channels_last", "onednn_prepack", "cuda_graphs") if p[k]]
     if tuple(p.pad_to):
         parts.append("pad_to=%dx%d" % tuple(p.pad_to))
     return "+".join(parts) or "eager"
@@ -150,6 +150,8 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
     if config.perf.channels_last:
         ours.to(memory_format=torch.channels_last)
         images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+    if config.perf.onednn_prepack:
+        onednn.prepack_convolutions(ours)
     graphs = None
     if config.perf.cuda_graphs:
         if device.type != "cuda":

@@ -28,6 +28,8 @@ import ml_collections
 import torch
 from torch import Tensor, nn
 
+from mrcnn import onednn
+
 log = logging.getLogger(__name__)
 
 COMPILED_PARTS = ("backbone", "rpn", "box_head", "box_predictor", "mask_head", "mask_predictor")
@@ -78,6 +80,8 @@ def apply_perf_switches(model: nn.Module, config: ml_collections.ConfigDict) -> 
     remember_settings(model, config)
     if config.perf.channels_last:
         model.to(memory_format=torch.channels_last)
+    if config.perf.onednn_prepack and not config.perf.compile:
+        log.info("oneDNN prepacked convolutions: %d", onednn.prepack_convolutions(model))
     if config.perf.compile:
         fullgraph = bool(config.perf.compile_fullgraph)
         parts = []

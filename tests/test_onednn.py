@@ -113,3 +113,16 @@ def test_model_detections_and_training_step_unchanged():
     for n in grads:
         scale = float(grads[n].abs().max())
         torch.testing.assert_close(packed_grads[n], grads[n], rtol=1e-3, atol=1e-4 * scale, msg=n)
+
+
+def test_perf_switch_installs_packed_convolutions_unless_compiled():
+    from mrcnn.perf import apply_perf_switches
+
+    cfg = _tiny_cfg()
+    model = build_model(cfg.model)
+    apply_perf_switches(model, cfg)
+    assert not any("forward" in m.__dict__ for m in model.modules() if isinstance(m, nn.Conv2d))
+    cfg.perf.onednn_prepack = True
+    apply_perf_switches(model, cfg)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all("forward" in m.__dict__ for m in convs)
