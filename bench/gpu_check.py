@@ -6,7 +6,7 @@
 Training at batch 8 and 16, inference at batch 1 and 8, each in bfloat16 autocast and float32
 (TF32 matmuls/convs on Ampere and newer), NCHW and channels_last; torchvision's Mask R-CNN on
 the same weights and inputs is timed beside ours at the first batch size of each mode. Warm-up,
-then the median of timed iterations (the step is synchronised, so wall time equals CUDA time),
+then the median of timed iterations (CUDA events around each synchronised step),
 peak memory and host syncs per step. Then the fixed-shape variant (bf16, channels_last,
 perf.pad_to=800x1344, perf.cuda_graphs) at training batch 16 and inference batch 8; its rows
 carry "variant". Writes one JSON with date and hardware.

@@ -33,15 +33,26 @@ def _sync(device):
 
 
 def _time(fn, iters: int, warmup: int, device) -> list[float]:
+    """Seconds per call of `fn` after `warmup` calls. On CUDA each call is bracketed by CUDA
+    events (device time from the first queued kernel to the last) and synchronised after, so
+    no call overlaps the next; on the CPU, wall time."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+        if device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     return times
 
 
