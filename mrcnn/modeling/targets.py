@@ -14,13 +14,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+import ops
 from mrcnn.modeling import box_coder
 from mrcnn.modeling.boxes import pairwise_iou
 from mrcnn.modeling.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match
 from mrcnn.modeling.sampling import sample_pos_neg
 from mrcnn.structures import Targets
 
-
+# Without compiled kernels the matcher runs on the [B, M, N] IoU matrix, the largest tensor of a
+# step at 800 x 1333 px (~270k anchors): images are then matched in chunks that keep it under
+# ~2^26 entries. ops.match_boxes never builds the matrix.
 MAX_IOU_ENTRIES = 1 << 26
 
 
@@ -59,6 +62,34 @@ def _quality(gt: PaddedGT, boxes: Tensor) -> Tensor:
     return torch.where(gt.valid[..., None], iou, torch.full_like(iou, -1.0))
 
 
+def match_gt(
+    gt: PaddedGT, boxes: Tensor, high: float, low: float, allow_low_quality_matches: bool
+) -> Tensor:
+    """matcher.match on _quality(gt, boxes), boxes [N, 4] (shared) or [B, N, 4] -> int64 [B, N].
+
+    ops.match_boxes computes exactly that, bit for bit, in one fused kernel; the Python path
+    (used without compiled kernels for the device) matches chunks of images.
+    """
+    dtype = torch.promote_types(gt.boxes.dtype, boxes.dtype)  # as pairwise_iou would compute
+    if ops.has_kernels(boxes):
+        return ops.match_boxes(
+            gt.boxes.to(dtype), gt.valid, boxes.to(dtype), high, low, allow_low_quality_matches
+        )
+    b, m = gt.valid.shape
+    chunk = max(1, MAX_IOU_ENTRIES // max(1, m * boxes.shape[-2]))
+    parts = []
+    for i in range(0, b, chunk):
+        sub = PaddedGT(gt.boxes[i : i + chunk], gt.labels[i : i + chunk], gt.valid[i : i + chunk])
+        sub_boxes = boxes if boxes.dim() == 2 else boxes[i : i + chunk]
+        parts.append(
+            match(
+                _quality(sub, sub_boxes), high, low,
+                allow_low_quality_matches=allow_low_quality_matches, gt_valid=sub.valid,
+            )
+        )
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def rpn_targets(
     anchors: Tensor,
     gt: PaddedGT,
@@ -71,20 +102,7 @@ def rpn_targets(
 
     Low-quality matches are kept (each gt's best anchors are positives), as torchvision's RPN.
     """
-    b, m = gt.valid.shape
-    # The [B, M, N] IoU matrix (and its temporaries) is the largest tensor of a step at 800 x
-    # 1333 px (~270k anchors): images are matched in chunks that keep it under ~2^26 entries.
-    chunk = max(1, MAX_IOU_ENTRIES // max(1, m * anchors.shape[0]))
-    parts = []
-    for i in range(0, b, chunk):
-        sub = PaddedGT(gt.boxes[i : i + chunk], gt.labels[i : i + chunk], gt.valid[i : i + chunk])
-        parts.append(
-            match(
-                _quality(sub, anchors), fg_iou_thresh, bg_iou_thresh,
-                allow_low_quality_matches=True, gt_valid=sub.valid,
-            )
-        )
-    matched = torch.cat(parts) if len(parts) > 1 else parts[0]
+    matched = match_gt(gt, anchors, fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
     ignore = torch.full_like(matched, -1)
     labels = torch.where(
         matched >= 0,
@@ -130,7 +148,7 @@ def roi_targets(
     `batch_size_per_image` per image with `positive_fraction` positives, encode the targets."""
     boxes = torch.cat([proposals, gt.boxes], dim=1)
     valid = torch.cat([proposals_valid, gt.valid], dim=1)
-    matched = match(_quality(gt, boxes), fg_iou_thresh, bg_iou_thresh)
+    matched = match_gt(gt, boxes, fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
     idx = matched.clamp(min=0)
     labels = torch.gather(gt.labels, 1, idx)
     labels = torch.where(matched == BELOW_LOW_THRESHOLD, torch.zeros_like(labels), labels)
