@@ -152,3 +152,51 @@ def test_compile_on_cuda():
     want_keep, want_pooled = head(feat, boxes, scores)
     assert torch.equal(keep, want_keep)
     torch.testing.assert_close(pooled, want_pooled, rtol=0, atol=0)
+
+
+def _grid_boxes(g: torch.Generator, shape: tuple[int, ...], cells: int = 6, step: float = 4.0):
+    # Coarse grid: tied IoUs, repeated boxes, zero-area boxes (0/0 IoU = NaN).
+    xy = torch.randint(0, cells, shape + (2,), generator=g).float() * step
+    wh = torch.randint(0, cells, shape + (2,), generator=g).float() * step
+    return torch.cat([xy, xy + wh], -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_match_boxes_matches_cpu(dtype):
+    from mrcnn.modeling.matcher import match
+    from mrcnn.modeling.targets import PaddedGT, _quality
+
+    g = torch.Generator().manual_seed(8)
+    # 300 gts span two shared-memory tiles; 70000 predictions several pass-1 chunks.
+    for b, m, n in ((2, 6, 700), (1, 300, 2000), (3, 0, 50), (2, 4, 0), (2, 5, 70000)):
+        for shared in (True, False):
+            gt_boxes = _grid_boxes(g, (b, m), cells=12).to(dtype)
+            gt_valid = torch.rand(b, m, generator=g) < 0.75
+            boxes = _grid_boxes(g, (n,) if shared else (b, n), cells=12).to(dtype)
+            for allow in (False, True):
+                want = ops.match_boxes(gt_boxes, gt_valid, boxes, 0.7, 0.3, allow)
+                got = ops.match_boxes(gt_boxes.to(DEV), gt_valid.to(DEV), boxes.to(DEV), 0.7,
+                                      0.3, allow)
+                assert torch.equal(got.cpu(), want), (b, m, n, shared, allow)
+                if m and n:  # and the Python matcher on the CUDA IoU matrix
+                    labels = torch.zeros(b, m, dtype=torch.int64, device=DEV)
+                    gt = PaddedGT(gt_boxes.to(DEV), labels, gt_valid.to(DEV))
+                    py = match(_quality(gt, boxes.to(DEV)), 0.7, 0.3, allow, gt.valid)
+                    assert torch.equal(got, py)
+
+
+def test_encode_boxes_matches_python_and_cpu():
+    from torchvision.models.detection._utils import BoxCoder
+
+    g = torch.Generator().manual_seed(9)
+    t, r = _boxes(g, 5000), _boxes(g, 5000)
+    r[:5, 2] = r[:5, 0]  # zero-width references: inf / NaN
+    for w in ((1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)):
+        got = ops.encode_boxes(t.to(DEV), r.to(DEV), w)
+        # Bit for bit with torchvision on the same device (torch's own CUDA log).
+        want = BoxCoder(w).encode_single(t.to(DEV), r.to(DEV))
+        assert torch.equal(got.nan_to_num(), want.nan_to_num())
+        assert torch.equal(got.isnan(), want.isnan())
+        # CUDA's logf and the CPU's vectorised log may differ by an ulp.
+        torch.testing.assert_close(got.cpu(), ops.encode_boxes(t, r, w), rtol=2e-6, atol=1e-6,
+                                   equal_nan=True)
