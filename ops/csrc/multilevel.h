@@ -17,10 +17,8 @@ constexpr int kMaxLevels = 8;
 // ---------------------------------------------------------------------------------------------
 // FPN level of a box (FPN paper eq. 1, torchvision's LevelMapper, mrcnn/modeling/poolers.py
 // map_levels): floor(k0 + log2(sqrt(area) / s0) + 1e-6) clamped to [k_min, k_max], minus k_min.
-// Each step is one tensor op of map_levels, rounded to T in the same order. A NaN level (a box
-// with negative area) gives -1: the RoI is pooled from no level and stays zero, as in
-// torchvision's MultiScaleRoIAlign. The CPU kernel computes the same steps with ATen ops
-// (PyTorch's vectorised CPU log2 can differ from libm's by an ulp); CUDA's log2 is PyTorch's.
+// A NaN level (a box with negative area) gives -1: the RoI is pooled from no level and stays
+// zero, as in torchvision's MultiScaleRoIAlign.
 template <typename T>
 MRCNN_HD int fpn_level_from_float(T lvl, int k_min, int k_max) {
   if (!(lvl == lvl)) return -1;
@@ -29,21 +27,22 @@ MRCNN_HD int fpn_level_from_float(T lvl, int k_min, int k_max) {
   return static_cast<int>(lvl) - k_min;
 }
 
+// map_levels as PyTorch evaluates it on a CUDA tensor, op for op in T: sqrt and log2 are
+// CUDA's (what ATen's CUDA kernels call), and `s / s0` with s0 a Python number is
+// s * (1 / s0), the reciprocal taken once in T on the host (ATen's div by a CPU scalar). The
+// CPU kernel runs map_levels' ATen ops instead: PyTorch's vectorised CPU log2 can differ from
+// libm's by an ulp, which could move a box sitting on a level boundary.
 template <typename T>
-MRCNN_HD int fpn_level(const T* box, T canonical_level, T canonical_scale, int k_min, int k_max) {
+MRCNN_HD int fpn_level(const T* box, T canonical_level, T inv_canonical_scale, int k_min,
+                       int k_max) {
   using std::floor;
   using std::log2;
   using std::sqrt;
   const T area = (box[2] - box[0]) * (box[3] - box[1]);
   const T s = sqrt(area);
-  const T lvl = floor(canonical_level + log2(s / canonical_scale) + static_cast<T>(1e-6));
+  const T lvl = floor(canonical_level + log2(s * inv_canonical_scale) + static_cast<T>(1e-6));
   return fpn_level_from_float(lvl, k_min, k_max);
 }
-
-struct LevelRule {
-  double canonical_level, canonical_scale;
-  int k_min, k_max;
-};
 
 inline void check_multilevel_args(at::TensorList features, const at::Tensor& rois,
                                   at::ArrayRef<double> scales, int64_t pooled_h,

@@ -1,0 +1,250 @@
+// CUDA RoIAlign over all FPN levels in one launch (forward) and one launch (backward).
+//
+// One thread per output (forward) or per incoming-gradient element (backward), exactly as
+// cuda/roi_align.cu, except that the thread first picks its RoI's level with the rule of
+// poolers.map_levels (fpn_level in multilevel.h, in the rois' dtype) and then reads that
+// level's map, size and scale from a small table passed by value. The sampling code is the
+// same (common.h), so each output equals roi_align on the RoI's level bit for bit.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/native/cuda/KernelUtils.cuh>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "../multilevel.h"
+
+namespace mrcnn {
+namespace {
+
+constexpr int kThreads = 256;
+
+int64_t blocks_for(int64_t n) {
+  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
+}
+
+// The feature maps (or their gradients) of every level, NCHW contiguous.
+template <typename T, typename acc_t>
+struct Maps {
+  T* data[kMaxLevels];
+  int64_t height[kMaxLevels], width[kMaxLevels], numel[kMaxLevels];
+  acc_t scale[kMaxLevels];
+};
+
+template <typename roi_t>
+struct Rule {
+  roi_t canonical_level, inv_canonical_scale;
+  int k_min, k_max;
+};
+
+template <typename scalar_t, typename acc_t, typename roi_t>
+__global__ void multilevel_forward_kernel(int64_t total, Maps<const scalar_t, acc_t> maps,
+                                          const roi_t* __restrict__ rois_raw,
+                                          const acc_t* __restrict__ rois, Rule<roi_t> rule,
+                                          int64_t channels, int ph, int pw, int sr, bool aligned,
+                                          scalar_t* __restrict__ out) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(blockDim.x) * gridDim.x) {
+    const int bx = static_cast<int>(idx % pw);
+    const int by = static_cast<int>((idx / pw) % ph);
+    const int64_t c = (idx / pw / ph) % channels;
+    const int64_t r = idx / pw / ph / channels;
+    const int l = fpn_level<roi_t>(rois_raw + r * 5 + 1, rule.canonical_level,
+                                   rule.inv_canonical_scale, rule.k_min, rule.k_max);
+    if (l < 0 || maps.numel[l] == 0) {
+      out[idx] = scalar_t(0);
+      continue;
+    }
+    const int64_t height = maps.height[l], width = maps.width[l];
+    const RoiGeometry<acc_t> g =
+        roi_geometry<acc_t>(rois + r * 5, maps.scale[l], ph, pw, sr, aligned);
+    const scalar_t* plane = maps.data[l] + (g.batch * channels + c) * height * width;
+    acc_t v = 0;
+    for (int iy = 0; iy < g.grid_h; ++iy) {
+      const acc_t y = roi_sample(g.start_h, by, g.bin_h, iy, g.grid_h);
+      for (int ix = 0; ix < g.grid_w; ++ix) {
+        const acc_t x = roi_sample(g.start_w, bx, g.bin_w, ix, g.grid_w);
+        const Bilinear<acc_t> b = bilinear(y, x, height, width);
+        v += b.w1 * acc_t(plane[b.p1]) + b.w2 * acc_t(plane[b.p2]) +
+             b.w3 * acc_t(plane[b.p3]) + b.w4 * acc_t(plane[b.p4]);
+      }
+    }
+    out[idx] = static_cast<scalar_t>(v / g.count);
+  }
+}
+
+template <typename scalar_t, typename acc_t, typename roi_t>
+__global__ void multilevel_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
+                                           int64_t s0, int64_t s1, int64_t s2, int64_t s3,
+                                           Maps<scalar_t, acc_t> maps,
+                                           const roi_t* __restrict__ rois_raw,
+                                           const acc_t* __restrict__ rois, Rule<roi_t> rule,
+                                           int64_t channels, int ph, int pw, int sr,
+                                           bool aligned) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(blockDim.x) * gridDim.x) {
+    const int bx = static_cast<int>(idx % pw);
+    const int by = static_cast<int>((idx / pw) % ph);
+    const int64_t c = (idx / pw / ph) % channels;
+    const int64_t r = idx / pw / ph / channels;
+    const int l = fpn_level<roi_t>(rois_raw + r * 5 + 1, rule.canonical_level,
+                                   rule.inv_canonical_scale, rule.k_min, rule.k_max);
+    if (l < 0 || maps.numel[l] == 0) continue;
+    const int64_t height = maps.height[l], width = maps.width[l];
+    const RoiGeometry<acc_t> g =
+        roi_geometry<acc_t>(rois + r * 5, maps.scale[l], ph, pw, sr, aligned);
+    const acc_t go = acc_t(grad[r * s0 + c * s1 + by * s2 + bx * s3]);
+    const int64_t plane = (g.batch * channels + c) * height * width;
+    scalar_t* gi = maps.data[l];
+    const int64_t gi_numel = maps.numel[l];
+    for (int iy = 0; iy < g.grid_h; ++iy) {
+      const acc_t y = roi_sample(g.start_h, by, g.bin_h, iy, g.grid_h);
+      for (int ix = 0; ix < g.grid_w; ++ix) {
+        const acc_t x = roi_sample(g.start_w, bx, g.bin_w, ix, g.grid_w);
+        if (!in_plane(y, x, height, width)) continue;
+        const Bilinear<acc_t> b = bilinear(y, x, height, width);
+        at::native::fastAtomicAdd(gi, plane + b.p1, gi_numel,
+                                  static_cast<scalar_t>(go * b.w1 / g.count), true);
+        at::native::fastAtomicAdd(gi, plane + b.p2, gi_numel,
+                                  static_cast<scalar_t>(go * b.w2 / g.count), true);
+        at::native::fastAtomicAdd(gi, plane + b.p3, gi_numel,
+                                  static_cast<scalar_t>(go * b.w3 / g.count), true);
+        at::native::fastAtomicAdd(gi, plane + b.p4, gi_numel,
+                                  static_cast<scalar_t>(go * b.w4 / g.count), true);
+      }
+    }
+  }
+}
+
+template <typename T, typename acc_t>
+Maps<T, acc_t> maps_of(const std::vector<at::Tensor>& tensors, at::ArrayRef<double> scales) {
+  Maps<T, acc_t> m{};
+  for (size_t l = 0; l < tensors.size(); ++l) {
+    m.data[l] = tensors[l].data_ptr<std::remove_const_t<T>>();
+    m.height[l] = tensors[l].size(2);
+    m.width[l] = tensors[l].size(3);
+    m.numel[l] = tensors[l].numel();
+    m.scale[l] = static_cast<acc_t>(scales[l]);
+  }
+  return m;
+}
+
+template <typename roi_t>
+Rule<roi_t> rule_of(int64_t canonical_level, double canonical_scale, int64_t k_min,
+                    int64_t levels) {
+  return {static_cast<roi_t>(canonical_level), roi_t(1) / static_cast<roi_t>(canonical_scale),
+          static_cast<int>(k_min), static_cast<int>(k_min + levels - 1)};
+}
+
+template <typename scalar_t, typename roi_t>
+void launch_forward(const std::vector<at::Tensor>& maps, const at::Tensor& rois,
+                    at::ArrayRef<double> scales, int64_t ph, int64_t pw, int64_t sr,
+                    bool aligned, int64_t canonical_level, double canonical_scale, int64_t k_min,
+                    at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor raw = rois.contiguous();
+  const at::Tensor r = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  multilevel_forward_kernel<scalar_t, acc_t, roi_t>
+      <<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          out.numel(), maps_of<const scalar_t, acc_t>(maps, scales), raw.data_ptr<roi_t>(),
+          r.data_ptr<acc_t>(),
+          rule_of<roi_t>(canonical_level, canonical_scale, k_min, int64_t(maps.size())),
+          out.size(1), int(ph), int(pw), int(sr), aligned, out.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename roi_t>
+void launch_backward(const at::Tensor& grad, const at::Tensor& rois,
+                     const std::vector<at::Tensor>& grads, at::ArrayRef<double> scales,
+                     int64_t ph, int64_t pw, int64_t sr, bool aligned, int64_t canonical_level,
+                     double canonical_scale, int64_t k_min) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor raw = rois.contiguous();
+  const at::Tensor r = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  multilevel_backward_kernel<scalar_t, acc_t, roi_t>
+      <<<blocks_for(grad.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          grad.numel(), grad.data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
+          grad.stride(2), grad.stride(3), maps_of<scalar_t, acc_t>(grads, scales),
+          raw.data_ptr<roi_t>(), r.data_ptr<acc_t>(),
+          rule_of<roi_t>(canonical_level, canonical_scale, k_min, int64_t(grads.size())),
+          grad.size(1), int(ph), int(pw), int(sr), aligned);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor multilevel_roi_align_cuda(at::TensorList features, const at::Tensor& rois,
+                                     at::ArrayRef<double> spatial_scales, int64_t pooled_h,
+                                     int64_t pooled_w, int64_t sampling_ratio, bool aligned,
+                                     int64_t canonical_level, double canonical_scale,
+                                     int64_t k_min) {
+  check_multilevel_args(features, rois, spatial_scales, pooled_h, pooled_w);
+  const at::cuda::CUDAGuard guard(rois.device());
+  const at::Tensor& f0 = features[0];
+  at::Tensor out = at::zeros({rois.size(0), f0.size(1), pooled_h, pooled_w}, f0.options());
+  if (out.numel() == 0) return out;
+  std::vector<at::Tensor> maps;
+  for (const at::Tensor& f : features) maps.push_back(f.contiguous());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(),
+                                  "mrcnn_multilevel_roi_align_cuda", [&] {
+    if (rois.scalar_type() == at::kFloat) {
+      launch_forward<scalar_t, float>(maps, rois, spatial_scales, pooled_h, pooled_w,
+                                      sampling_ratio, aligned, canonical_level, canonical_scale,
+                                      k_min, out);
+    } else {
+      launch_forward<scalar_t, double>(maps, rois, spatial_scales, pooled_h, pooled_w,
+                                       sampling_ratio, aligned, canonical_level, canonical_scale,
+                                       k_min, out);
+    }
+  });
+  return out;
+}
+
+std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> spatial_scales,
+    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+    at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
+    int64_t canonical_level, double canonical_scale, int64_t k_min) {
+  const int64_t levels = static_cast<int64_t>(spatial_scales.size());
+  TORCH_CHECK(levels >= 1 && levels <= kMaxLevels, "1 to ", kMaxLevels, " levels, got ", levels);
+  TORCH_CHECK(static_cast<int64_t>(heights.size()) == levels &&
+                  static_cast<int64_t>(widths.size()) == levels,
+              "heights and widths need one value per level");
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "rois must be [K, 5], got ", rois.sizes());
+  TORCH_CHECK(rois.scalar_type() == at::kFloat || rois.scalar_type() == at::kDouble,
+              "rois must be float32 or float64");
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_h && grad.size(3) == pooled_w,
+              "grad must be [K, C, pooled_h, pooled_w], got ", grad.sizes());
+  TORCH_CHECK(grad.device() == rois.device(), "grad and rois are on different devices");
+  const at::cuda::CUDAGuard guard(grad.device());
+  std::vector<at::Tensor> grads;
+  for (int64_t l = 0; l < levels; ++l) {
+    grads.push_back(at::zeros({batch_size, channels, heights[l], widths[l]}, grad.options()));
+  }
+  if (grad.numel() == 0) return grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "mrcnn_multilevel_roi_align_backward_cuda", [&] {
+    if (rois.scalar_type() == at::kFloat) {
+      launch_backward<scalar_t, float>(grad, rois, grads, spatial_scales, pooled_h, pooled_w,
+                                       sampling_ratio, aligned, canonical_level, canonical_scale,
+                                       k_min);
+    } else {
+      launch_backward<scalar_t, double>(grad, rois, grads, spatial_scales, pooled_h, pooled_w,
+                                        sampling_ratio, aligned, canonical_level,
+                                        canonical_scale, k_min);
+    }
+  });
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mrcnn, CUDA, m) {
+  m.impl("multilevel_roi_align", &multilevel_roi_align_cuda);
+  m.impl("multilevel_roi_align_backward", &multilevel_roi_align_backward_cuda);
+}
+
+}  // namespace mrcnn
