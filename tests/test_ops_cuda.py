@@ -200,3 +200,88 @@ def test_encode_boxes_matches_python_and_cpu():
         # CUDA's logf and the CPU's vectorised log may differ by an ulp.
         torch.testing.assert_close(got.cpu(), ops.encode_boxes(t, r, w), rtol=2e-6, atol=1e-6,
                                    equal_nan=True)
+
+
+# multilevel_roi_align / rpn_decode_topk: the CUDA kernels against the per-level Python paths
+# run on CUDA (exact) and against the CPU kernels.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_multilevel_roi_align_matches_per_level_and_cpu(dtype, aligned, channels_last):
+    from tests.test_ops_multilevel import (
+        IMAGE_SIZES,
+        _level_boxes,
+        _pyramid,
+        _roi_pool_per_level,
+        _scales,
+    )
+
+    g = torch.Generator().manual_seed(8)
+    feats_c = _pyramid(g, 16, dtype=dtype, channels_last=channels_last)
+    boxes, bidx = _level_boxes(g, 500, dtype=dtype)
+    feats_g = [f.detach().to(DEV).requires_grad_(True) for f in feats_c]
+    rois = torch.cat([bidx.to(dtype)[:, None], boxes], 1)
+    scales = _scales(feats_c)
+    got = ops.multilevel_roi_align(feats_g, rois.to(DEV), 7, scales, 2, aligned)
+    want = _roi_pool_per_level(feats_g, boxes.to(DEV), bidx.to(DEV), IMAGE_SIZES, 7, 2, aligned)
+    assert torch.equal(got, want)
+    cpu = ops.multilevel_roi_align(feats_c, rois, 7, scales, 2, aligned)
+    assert torch.equal(got.cpu(), cpu.detach())
+    grad = torch.randn(cpu.shape, generator=g, dtype=dtype)
+    gg = torch.autograd.grad(got, feats_g, grad.to(DEV))
+    gc = torch.autograd.grad(cpu, feats_c, grad)
+    for a, b in zip(gg, gc):  # atomics add in any order
+        torch.testing.assert_close(a.cpu(), b)
+    empty = ops.multilevel_roi_align(feats_g, rois[:0].to(DEV), 7, scales, 2, aligned)
+    assert empty.shape == (0, 16, 7, 7)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_rpn_decode_topk_matches_python_path_and_cpu(tied, batch):
+    from mrcnn.modeling import box_coder
+    from tests.test_ops_multilevel import _rpn_inputs, _select_first_half
+
+    g = torch.Generator().manual_seed(9)
+    sizes = [9000, 2250, 560, 140, 35]
+    image_sizes = [(250, 280), (0, 0), (180, 300)][:batch]
+    obj, deltas, anchors, image_hw = _rpn_inputs(g, batch, sizes, image_sizes, tied)
+    args = [t.to(DEV) for t in (obj, deltas, anchors)]
+    got = ops.rpn_decode_topk(*args, sizes, 1000, image_hw.to(DEV),
+                              clamp=box_coder.DEFAULT_SCALE_CLAMP, min_size=1e-3,
+                              score_thresh=0.05)
+    want = _select_first_half(*args, sizes, image_hw.to(DEV), 1000, 1e-3, 0.05)
+    for o, w in zip(got, want):
+        assert o.dtype == w.dtype and torch.equal(o, w)
+    cpu = ops.rpn_decode_topk(obj, deltas, anchors, sizes, 1000, image_hw,
+                              clamp=box_coder.DEFAULT_SCALE_CLAMP, min_size=1e-3,
+                              score_thresh=0.05)
+    assert torch.equal(got[2].cpu(), cpu[2])
+    if not tied:  # tie order of torch.topk differs between CPU and CUDA
+        # expf on the GPU and PyTorch's vectorised CPU exp may differ by an ulp.
+        torch.testing.assert_close(got[0].cpu(), cpu[0], rtol=2e-6, atol=1e-5)
+        torch.testing.assert_close(got[1].cpu(), cpu[1], rtol=2e-6, atol=0)
+
+
+def test_multilevel_ops_compile_on_cuda():
+    from tests.test_ops_multilevel import _level_boxes, _pyramid, _rpn_inputs, _scales
+
+    g = torch.Generator().manual_seed(10)
+    feats = [f.detach().to(DEV) for f in _pyramid(g, 4)]
+    boxes, bidx = _level_boxes(g, 60)
+    rois = torch.cat([bidx.float()[:, None], boxes], 1).to(DEV)
+    scales = _scales(feats)
+    rpn_in = _rpn_inputs(g, 2, [80, 20], [(60, 60)] * 2)
+    obj, deltas, anchors, image_hw = (t.to(DEV) for t in rpn_in)
+
+    def fn(feats, rois, obj, deltas, anchors, image_hw):
+        pooled = ops.multilevel_roi_align(feats, rois, 4, scales, 2, True) * 2
+        boxes, scores, _, valid = ops.rpn_decode_topk(obj, deltas, anchors, [80, 20], 10,
+                                                      image_hw, min_size=0.1)
+        return pooled, boxes * valid[..., None], scores
+
+    got = torch.compile(fn, fullgraph=True)(feats, rois, obj, deltas, anchors, image_hw)
+    for o, w in zip(got, fn(feats, rois, obj, deltas, anchors, image_hw)):
+        assert torch.equal(o, w)

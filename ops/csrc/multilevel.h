@@ -65,7 +65,8 @@ inline void check_multilevel_args(at::TensorList features, const at::Tensor& roi
                 "feature maps must share batch size and channels: map ", l, " is ", f.sizes(),
                 ", map 0 is ", f0.sizes());
     TORCH_CHECK(f.scalar_type() == f0.scalar_type(), "feature maps must share a dtype");
-    TORCH_CHECK(f.device() == rois.device(), "feature map ", l, " and rois are on different devices");
+    TORCH_CHECK(f.device() == rois.device(), "feature map ", l,
+                " and rois are on different devices");
     TORCH_CHECK(f.size(2) * f.size(3) < (int64_t(1) << 31), "feature map ", l, " too large");
   }
 }
@@ -81,8 +82,8 @@ struct LevelTable {
 };
 
 inline LevelTable level_table(at::IntArrayRef level_sizes, int64_t pre_nms_top_n) {
-  TORCH_CHECK(!level_sizes.empty() && level_sizes.size() <= kMaxLevels, "level_sizes must have 1 to ",
-              kMaxLevels, " values, got ", level_sizes.size());
+  TORCH_CHECK(!level_sizes.empty() && level_sizes.size() <= kMaxLevels,
+              "level_sizes must have 1 to ", kMaxLevels, " values, got ", level_sizes.size());
   TORCH_CHECK(pre_nms_top_n >= 0, "pre_nms_top_n must be >= 0, got ", pre_nms_top_n);
   LevelTable t{};
   t.count = static_cast<int>(level_sizes.size());
@@ -104,7 +105,8 @@ inline void check_rpn_args(const at::Tensor& objectness, const at::Tensor& delta
   TORCH_CHECK(objectness.dim() == 2, "objectness must be [B, N], got ", objectness.sizes());
   const int64_t b = objectness.size(0), n = objectness.size(1);
   TORCH_CHECK(at::isFloatingType(objectness.scalar_type()), "objectness must be floating point");
-  TORCH_CHECK(deltas.dim() == 3 && deltas.size(0) == b && deltas.size(1) == n && deltas.size(2) == 4,
+  TORCH_CHECK(deltas.dim() == 3 && deltas.size(0) == b && deltas.size(1) == n &&
+                  deltas.size(2) == 4,
               "deltas must be [B, N, 4] = [", b, ", ", n, ", 4], got ", deltas.sizes());
   TORCH_CHECK(deltas.scalar_type() == objectness.scalar_type(),
               "deltas and objectness must share a dtype");
