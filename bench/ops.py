@@ -153,6 +153,91 @@ def run(repeats: int) -> list[dict]:
         lambda: ops.decode_boxes(deltas, anchors),
         lambda: coder.decode_single(deltas, anchors),
     )
+
+    # One RoIAlign over the 4 FPN levels of an 800 x 1216 image (1000 proposals of every size,
+    # 256 channels, 7x7, sampling_ratio 2) vs the per-level Python path it replaces (sort by
+    # level, host read of the counts, one roi_align per level) and vs torchvision.
+    from collections import OrderedDict
+
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from mrcnn.modeling import poolers
+
+    pyramid = [torch.randn(1, 256, 800 // s, 1216 // s, generator=g) for s in (4, 8, 16, 32)]
+    xy = torch.rand(1000, 2, generator=g) * torch.tensor([1100.0, 700.0])
+    side = torch.exp(torch.rand(1000, 1, generator=g) * 6.2) + 8  # 9 .. ~500 px: every level
+    ml_boxes = torch.cat([xy, xy + side], 1)
+    ml_rois = torch.cat([torch.zeros(1000, 1), ml_boxes], 1)
+    ml_scales = [0.25, 0.125, 0.0625, 0.03125]
+    tv_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+
+    def per_level(feats):
+        levels = poolers.map_levels(ml_boxes, 2, 5)
+        order = torch.argsort(levels, stable=True)
+        counts = torch.bincount(levels, minlength=4).tolist()
+        pooled = [
+            ops.roi_align(f, r, 7, s, 2, False)
+            for f, r, s, n in zip(feats, ml_rois[order].split(counts), ml_scales, counts)
+            if n
+        ]
+        sorted_out = torch.cat(pooled)
+        return torch.empty_like(sorted_out).index_copy_(0, order, sorted_out)
+
+    def multilevel(feats):
+        return ops.multilevel_roi_align(feats, ml_rois, 7, ml_scales, 2)
+
+    def torchvision_ms(feats):
+        named = OrderedDict((str(i), f) for i, f in enumerate(feats))
+        return tv_pool(named, [ml_boxes], [(800, 1216)])
+
+    add("multilevel_roi_align fwd 1000x256x7x7, 4 levels", lambda: multilevel(pyramid),
+        lambda: per_level(pyramid), baseline="per-level Python path")
+    add("multilevel_roi_align fwd 1000x256x7x7, 4 levels", lambda: multilevel(pyramid),
+        lambda: torchvision_ms(pyramid), baseline="torchvision MultiScaleRoIAlign")
+    pyramid_g = [f.clone().requires_grad_(True) for f in pyramid]
+
+    def ml_fwd_bwd(fn: Callable) -> Callable:
+        def step():
+            out = fn(pyramid_g)
+            return torch.autograd.grad(out, pyramid_g, torch.ones_like(out), allow_unused=True)
+
+        return step
+
+    add("multilevel_roi_align fwd+bwd 1000x256x7x7", ml_fwd_bwd(multilevel),
+        ml_fwd_bwd(per_level), baseline="per-level Python path")
+    add("multilevel_roi_align fwd+bwd 1000x256x7x7", ml_fwd_bwd(multilevel),
+        ml_fwd_bwd(torchvision_ms), baseline="torchvision MultiScaleRoIAlign")
+
+    # RPN pre-NMS selection of a batch of 2 800 x 1216 images (5 levels, 3 anchors per cell,
+    # pre_nms_top_n 2000 as in training) vs select_proposals' Python loop it replaces.
+    from mrcnn.modeling import box_coder
+    from mrcnn.modeling.boxes import clip_boxes, nonempty
+
+    rpn_sizes = [3 * (800 // s + (800 % s > 0)) * (1216 // s) for s in (4, 8, 16, 32, 64)]
+    rpn_n = sum(rpn_sizes)
+    rpn_obj = torch.randn(2, rpn_n, generator=g)
+    rpn_deltas = torch.randn(2, rpn_n, 4, generator=g) * 0.3
+    rpn_anchors = _proposals(rpn_n, 800, 1216, g)
+    rpn_hw = torch.tensor([[800.0, 1216.0], [760.0, 1100.0]])
+
+    def rpn_python():
+        tops, lvls, offset = [], [], 0
+        for level, n in enumerate(rpn_sizes):
+            k = min(2000, n)
+            tops.append(rpn_obj[:, offset : offset + n].topk(k, dim=1).indices + offset)
+            lvls.append(torch.full((k,), level, dtype=torch.int64))
+            offset += n
+        idx = torch.cat(tops, dim=1)
+        scores = torch.sigmoid(torch.gather(rpn_obj, 1, idx))
+        d = torch.gather(rpn_deltas, 1, idx[..., None].expand(-1, -1, 4))
+        boxes = clip_boxes(box_coder.decode(d, rpn_anchors[idx], (1.0, 1.0, 1.0, 1.0)),
+                           rpn_hw[:, 0:1], rpn_hw[:, 1:2])
+        return boxes, scores, torch.cat(lvls), nonempty(boxes, 1e-3) & (scores >= 0.0)
+
+    add(f"rpn_decode_topk 2 x {rpn_n} anchors, 5 levels, top 2000",
+        lambda: ops.rpn_decode_topk(rpn_obj, rpn_deltas, rpn_anchors, rpn_sizes, 2000, rpn_hw,
+                                    min_size=1e-3),
+        rpn_python, baseline="per-level Python path")
     return rows
 
 
