@@ -154,6 +154,43 @@ def run(repeats: int) -> list[dict]:
         lambda: coder.decode_single(deltas, anchors),
     )
 
+    # Proposal matching vs the Python path it replaces (the IoU matrix with padded gt rows at
+    # -1, then the matcher): the RPN's (all anchors of an 800 x 1216 batch of 2, 20 gts each,
+    # low-quality matches) and the RoI heads' (2000 proposals + the gts per image).
+    from mrcnn.modeling.boxes import pairwise_iou
+    from mrcnn.modeling.matcher import match
+
+    def python_match(gt, valid, boxes, high, low, allow):
+        iou = pairwise_iou(gt, boxes if boxes.dim() == 3 else boxes[None])
+        q = torch.where(valid[..., None], iou, torch.full_like(iou, -1.0))
+        return match(q, high, low, allow, gt_valid=valid)
+
+    n_anchors = 3 * sum((800 // s + (800 % s > 0)) * (1216 // s) for s in (4, 8, 16, 32, 64))
+    all_anchors = _proposals(n_anchors, 800, 1216, g)
+    gt = torch.stack([_proposals(20, 800, 1216, g) for _ in range(2)])
+    gt_valid = torch.ones(2, 20, dtype=torch.bool)
+    gt_valid[1, 12:] = False  # padding
+    add(
+        f"match_boxes RPN 2 x 20 gt x {n_anchors} anchors",
+        lambda: ops.match_boxes(gt, gt_valid, all_anchors, 0.7, 0.3, True),
+        lambda: python_match(gt, gt_valid, all_anchors, 0.7, 0.3, True),
+        baseline="Python IoU + matcher",
+    )
+    props = torch.cat([torch.stack([_proposals(2000, 800, 1216, g) for _ in range(2)]), gt], 1)
+    add(
+        "match_boxes RoI 2 x 20 gt x 2020 proposals",
+        lambda: ops.match_boxes(gt, gt_valid, props, 0.5, 0.5, False),
+        lambda: python_match(gt, gt_valid, props, 0.5, 0.5, False),
+        baseline="Python IoU + matcher",
+    )
+    tgt = _proposals(2 * n_anchors, 800, 1216, g)
+    ref = all_anchors.repeat(2, 1)
+    add(
+        f"encode_boxes {2 * n_anchors}",
+        lambda: ops.encode_boxes(tgt, ref),
+        lambda: coder.encode_single(tgt, ref),
+    )
+
     # One RoIAlign over the 4 FPN levels of an 800 x 1216 image (1000 proposals of every size,
     # 256 channels, 7x7, sampling_ratio 2) vs the per-level Python path it replaces (sort by
     # level, host read of the counts, one roi_align per level) and vs torchvision.

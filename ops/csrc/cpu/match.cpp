@@ -39,11 +39,35 @@ struct Tile {
   }
 };
 
-// The quality of gt g (box gb, area ga) against prediction k of the tile.
+// Pass 2's step for one valid gt over a tile: the running best (value, index) per prediction
+// and, with low-quality matches, whether the prediction attains the gt's highest IoU `h`.
+// Branch-free (bitwise &, |) so that it vectorises.
+template <typename T, bool kLowQuality>
+void update_tile(const Tile<T>& t, const T* gb, T ga, T h, int32_t gi, T* __restrict__ best_v,
+                 int32_t* __restrict__ best_i, int32_t* __restrict__ hit) {
+  const T gx1 = gb[0], gy1 = gb[1], gx2 = gb[2], gy2 = gb[3];
+  for (int64_t k = 0; k < t.size; ++k) {
+    const T q = iou_with_areas(gx1, gy1, gx2, gy2, ga, t.x1[k], t.y1[k], t.x2[k], t.y2[k],
+                               t.area[k]);
+    const T cur = best_v[k];
+    const bool up = !is_nan(cur) & (is_nan(q) | (q > cur));  // beats(q, cur)
+    best_v[k] = up ? q : cur;
+    best_i[k] = up ? gi : best_i[k];
+    if constexpr (kLowQuality) hit[k] |= static_cast<int32_t>(q == h);
+  }
+}
+
+// A padded gt has quality -1 everywhere: it wins only where everything so far is below -1.
 template <typename T>
-inline T tile_iou(const T* gb, T ga, const Tile<T>& t, int64_t k) {
-  return iou_with_areas(gb[0], gb[1], gb[2], gb[3], ga, t.x1[k], t.y1[k], t.x2[k], t.y2[k],
-                        t.area[k]);
+void update_padded(int64_t size, int32_t gi, T* __restrict__ best_v,
+                   int32_t* __restrict__ best_i) {
+  const T pad = static_cast<T>(-1);
+  for (int64_t k = 0; k < size; ++k) {
+    const T cur = best_v[k];
+    const bool up = !is_nan(cur) & (pad > cur);
+    best_v[k] = up ? pad : cur;
+    best_i[k] = up ? gi : best_i[k];
+  }
 }
 
 template <typename T>
@@ -111,7 +135,7 @@ void match_kernel(const T* gt, const bool* valid, const T* boxes, bool shared, i
 
   // Pass 2: per prediction, its best gt (first NaN, else the first maximum, as torch.max over
   // the gt dimension; padded gts have quality -1), the thresholds and the low-quality rule.
-  const T pad = static_cast<T>(-1);
+  // Starting from -inf with index 0 makes gt 0 win as torch.max's first element does.
   dynamic_parallel_for(0, tasks, 1, work, [&](int64_t t0, int64_t t1) {
     Tile<T> tile;
     T best_v[kTile];
@@ -120,36 +144,23 @@ void match_kernel(const T* gt, const bool* valid, const T* boxes, bool shared, i
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / tiles, n0 = (task % tiles) * kTile;
       tile.load(image_boxes(b), n0, std::min(n, n0 + kTile));
-      const int64_t size = tile.size;
-      for (int64_t k = 0; k < size; ++k) {
-        best_v[k] = pad;  // gt 0 below overwrites it: every gt "beats" the initial state
-        best_i[k] = 0;
-        hit[k] = 0;
-      }
+      std::fill_n(best_v, tile.size, -std::numeric_limits<T>::infinity());
+      std::fill_n(best_i, tile.size, 0);
+      std::fill_n(hit, tile.size, 0);
       for (int64_t g = 0; g < m; ++g) {
+        const int64_t bg = b * m + g;
         const int32_t gi = static_cast<int32_t>(g);
-        if (!valid[b * m + g]) {
-          // Quality -1 everywhere: it wins only where everything so far is below -1.
-          for (int64_t k = 0; k < size; ++k) {
-            const bool up = g == 0 || beats(pad, best_v[k]);
-            best_v[k] = up ? pad : best_v[k];
-            best_i[k] = up ? gi : best_i[k];
-          }
-          continue;
-        }
-        const T* gb = gt + 4 * (b * m + g);
-        const T ga = gt_area[b * m + g];
-        const T h = allow_low_quality ? highest[b * m + g] : T(0);
-        for (int64_t k = 0; k < size; ++k) {
-          const T q = tile_iou(gb, ga, tile, k);
-          const bool up = g == 0 || beats(q, best_v[k]);
-          best_v[k] = up ? q : best_v[k];
-          best_i[k] = up ? gi : best_i[k];
-          if (allow_low_quality) hit[k] |= static_cast<int32_t>(q == h);
+        if (!valid[bg]) {
+          update_padded(tile.size, gi, best_v, best_i);
+        } else if (allow_low_quality) {
+          update_tile<T, true>(tile, gt + 4 * bg, gt_area[bg], highest[bg], gi, best_v, best_i,
+                               hit);
+        } else {
+          update_tile<T, false>(tile, gt + 4 * bg, gt_area[bg], T(0), gi, best_v, best_i, hit);
         }
       }
       int64_t* o = out + b * n + n0;
-      for (int64_t k = 0; k < size; ++k) {
+      for (int64_t k = 0; k < tile.size; ++k) {
         o[k] = match_decision(best_v[k], static_cast<int64_t>(best_i[k]), high, low, hit[k] != 0);
       }
     }
