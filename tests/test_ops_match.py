@@ -270,3 +270,18 @@ def test_model_targets_equal_python_path(monkeypatch):
     assert torch.equal(reg[pos], reg_py[pos])
     for f in ("boxes", "batch_idx", "labels", "matched_gt", "regression_targets"):
         assert torch.equal(getattr(roi, f), getattr(roi_py, f)), f
+
+
+def test_torch_compile_fullgraph():
+    g = torch.Generator().manual_seed(50)
+    gt_boxes, gt_valid, boxes = _case(g, 2, 4, 200, shared=True)
+    t, r = _encode_case(g, 200)
+
+    def step(gt_boxes, gt_valid, boxes, t, r):
+        matched = ops.match_boxes(gt_boxes, gt_valid, boxes, 0.7, 0.3, True)
+        return matched.clamp(min=0), ops.encode_boxes(t, r, (10.0, 10.0, 5.0, 5.0)) * 2
+
+    got = torch.compile(step, fullgraph=True)(gt_boxes, gt_valid, boxes, t, r)
+    want = step(gt_boxes, gt_valid, boxes, t, r)
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1].nan_to_num(), want[1].nan_to_num())

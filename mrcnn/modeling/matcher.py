@@ -8,6 +8,10 @@ ground truth: for every prediction the best gt is taken; its IoU decides
 With `allow_low_quality_matches`, every prediction that attains some gt's highest IoU (ties
 included) is matched to its own best gt even below `high`, so every gt gets at least one
 prediction (the RPN's rule). As in torchvision this also applies when a gt's highest IoU is 0.
+
+The model matches with `ops.match_boxes` (via targets.match_gt), which fuses the IoU with these
+rules and gives the same result bit for bit without building the IoU matrix; `match` remains the
+reference and the path taken without compiled kernels.
 """
 
 from __future__ import annotations
