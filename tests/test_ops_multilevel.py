@@ -285,6 +285,15 @@ def test_multilevel_torch_compile_fullgraph():
 
     got = torch.compile(head, fullgraph=True)(feats, rois)
     assert torch.equal(got, head(feats, rois))
+    # Training: the backward operator traced too, with dynamic shapes.
+    maps = [f.clone().requires_grad_(True) for f in feats]
+
+    def loss(maps, rois):
+        return (ops.multilevel_roi_align(maps, rois, 4, scales, 2, True) ** 2).sum()
+
+    got_g = torch.autograd.grad(torch.compile(loss, fullgraph=True, dynamic=True)(maps, rois), maps)
+    want_g = torch.autograd.grad(loss(maps, rois), maps)
+    assert all(torch.equal(a, b) for a, b in zip(got_g, want_g))
 
 
 # ---------------------------------------------------------------------------------------------
