@@ -4,7 +4,9 @@ Proposal selection is torchvision's `RegionProposalNetwork.filter_proposals`, ba
 level the `pre_nms_top_n` highest objectness logits, decoded, clipped to the image, boxes with
 a side below `min_size` or a probability below `score_thresh` dropped, NMS per image and level,
 then the `post_nms_top_n` best per image. All images and levels go through one NMS call (the
-group of a box is image * num_levels + level), and only the top-k boxes are decoded.
+group of a box is image * num_levels + level), and only the top-k boxes are decoded: the
+per-level top-k, sigmoid, decoding, clipping and validity tests of all images and levels are one
+operator, ops.rpn_decode_topk (on CUDA one top-k and one fused kernel).
 """
 
 from __future__ import annotations
