@@ -1,7 +1,7 @@
 // CPU matching of predictions to padded ground truth (see match.h for the semantics).
 //
 // Work is split into tiles of kTile predictions of one image; a tile's boxes are copied into
-// structure-of-arrays buffers so that the loop over the tile, run once per gt, vectorises.
+// structure-of-arrays buffers so that the loops over the tile, run once per gt, vectorise.
 // Pass 1 writes each tile's per-gt maxima into a [B, tiles, M] buffer that is then reduced per
 // gt; max is exact, so neither the tiling nor the thread count can change a result.
 #include <ATen/ATen.h>
@@ -38,6 +38,44 @@ struct Tile {
     }
   }
 };
+
+// Pass 1's step: the highest IoU of gt (gb, area ga) over a tile, NaN if any IoU is NaN.
+// The IoUs go through a buffer (that loop vectorises), then into kLanes independent maxima and
+// NaN flags folded at the end, which breaks the dependency chain of one running max (the
+// compiler may not reassociate it itself). max is exact: the folding order changes nothing.
+template <typename T>
+T tile_max(const Tile<T>& t, const T* gb, T ga, T* __restrict__ q) {
+  constexpr int kLanes = 16;
+  const T gx1 = gb[0], gy1 = gb[1], gx2 = gb[2], gy2 = gb[3];
+  for (int64_t k = 0; k < t.size; ++k) {
+    q[k] = iou_with_areas(gx1, gy1, gx2, gy2, ga, t.x1[k], t.y1[k], t.x2[k], t.y2[k], t.area[k]);
+  }
+  T lane_max[kLanes];
+  int32_t lane_nan[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    lane_max[j] = -std::numeric_limits<T>::infinity();
+    lane_nan[j] = 0;
+  }
+  int64_t k0 = 0;
+  for (; k0 + kLanes <= t.size; k0 += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const T v = q[k0 + j];
+      lane_nan[j] |= static_cast<int32_t>(is_nan(v));
+      lane_max[j] = v > lane_max[j] ? v : lane_max[j];
+    }
+  }
+  for (int64_t k = k0; k < t.size; ++k) {
+    lane_nan[0] |= static_cast<int32_t>(is_nan(q[k]));
+    lane_max[0] = q[k] > lane_max[0] ? q[k] : lane_max[0];
+  }
+  T best = lane_max[0];
+  int32_t nan = lane_nan[0];
+  for (int j = 1; j < kLanes; ++j) {
+    nan |= lane_nan[j];
+    best = lane_max[j] > best ? lane_max[j] : best;
+  }
+  return nan ? std::numeric_limits<T>::quiet_NaN() : best;
+}
 
 // Pass 2's step for one valid gt over a tile: the running best (value, index) per prediction
 // and, with low-quality matches, whether the prediction attains the gt's highest IoU `h`.
@@ -76,48 +114,26 @@ void match_kernel(const T* gt, const bool* valid, const T* boxes, bool shared, i
   const int64_t tiles = (n + kTile - 1) / kTile;
   const int64_t tasks = b_count * tiles;
   const int64_t work = 16 * b_count * m * n * (allow_low_quality ? 2 : 1);
-  // The gts as structure of arrays, for pass 1's loop over them.
-  std::vector<T> gx1(b_count * m), gy1(b_count * m), gx2(b_count * m), gy2(b_count * m);
   std::vector<T> gt_area(b_count * m);
   for (int64_t i = 0; i < b_count * m; ++i) {
     const T* g = gt + 4 * i;
-    gx1[i] = g[0];
-    gy1[i] = g[1];
-    gx2[i] = g[2];
-    gy2[i] = g[3];
     gt_area[i] = (g[2] - g[0]) * (g[3] - g[1]);
   }
   auto image_boxes = [&](int64_t b) { return shared ? boxes : boxes + 4 * n * b; };
 
   // Pass 1: highest[b, g] = max over predictions of IoU(g, .), NaN if any IoU is NaN (torch.max).
-  // The loop over the gts is innermost: an element-wise update of per-gt maxima vectorises
-  // where a max-reduction over the predictions (NaN-aware, so no MAXPS) does not.
   std::vector<T> highest;
   if (allow_low_quality) {
     std::vector<T> partial(tasks * m);
     dynamic_parallel_for(0, tasks, 1, work / 2, [&](int64_t t0, int64_t t1) {
-      std::vector<T> best(m);
-      std::vector<int32_t> nan(m);
+      Tile<T> tile;
+      T iou[kTile];
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t b = task / tiles, n0 = (task % tiles) * kTile;
-        const int64_t n1 = std::min(n, n0 + kTile);
-        const T* p = image_boxes(b);
-        const T *x1 = gx1.data() + b * m, *y1 = gy1.data() + b * m, *x2 = gx2.data() + b * m,
-                *y2 = gy2.data() + b * m, *ga = gt_area.data() + b * m;
-        std::fill(best.begin(), best.end(), -std::numeric_limits<T>::infinity());
-        std::fill(nan.begin(), nan.end(), 0);
-        for (int64_t k = n0; k < n1; ++k) {
-          const T* pb = p + 4 * k;
-          const T px1 = pb[0], py1 = pb[1], px2 = pb[2], py2 = pb[3];
-          const T pa = (px2 - px1) * (py2 - py1);
-          for (int64_t g = 0; g < m; ++g) {
-            const T q = iou_with_areas(x1[g], y1[g], x2[g], y2[g], ga[g], px1, py1, px2, py2, pa);
-            nan[g] |= static_cast<int32_t>(is_nan(q));
-            best[g] = q > best[g] ? q : best[g];
-          }
-        }
+        tile.load(image_boxes(b), n0, std::min(n, n0 + kTile));
         for (int64_t g = 0; g < m; ++g) {
-          partial[task * m + g] = nan[g] ? std::numeric_limits<T>::quiet_NaN() : best[g];
+          if (!valid[b * m + g]) continue;  // padding: its highest IoU is never read
+          partial[task * m + g] = tile_max(tile, gt + 4 * (b * m + g), gt_area[b * m + g], iou);
         }
       }
     });
