@@ -238,7 +238,7 @@ def test_float16_grad_scaler_skips_an_inf_step_by_itself(root, tmp_path, monkeyp
     slower than float32 and overflows on its own at the initial scale (both steps of a 2-step
     run skipped), which would hide the injected fault: autocast is replaced by a no-op so only
     the scaler path runs, and exactly one step gets an inf loss."""
-    monkeypatch.setattr(train, "autocast", lambda device, dtype: contextlib.nullcontext())
+    monkeypatch.setattr(train, "autocast", lambda device, dtype, **_: contextlib.nullcontext())
     _nan_at(monkeypatch, {1}, float("inf"))
     c = faults.tiny_config(root, 3)
     c.dtype = "float16"
