@@ -127,6 +127,24 @@ def test_match_anchor_scale():
     assert (want >= 0).any() and (want == -2).any() and (want == -1).any()
 
 
+def test_match_many_gts_and_strided_inputs():
+    g = torch.Generator().manual_seed(13)
+    xy = torch.rand(2, 1800, 2, generator=g) * 200
+    boxes_all = torch.cat([xy, xy + 4 + torch.rand(2, 1800, 2, generator=g) * 40], -1)
+    gt_boxes, boxes = boxes_all[:, :300].clone(), boxes_all[:, 300:]
+    gt_boxes[:, 290:] = gt_boxes[:, 270:280]  # a few duplicates
+    gt_valid = torch.ones(2, 300, dtype=torch.bool)
+    gt_valid[:, 10:20] = False
+    # Non-contiguous views: every other box, gt coordinates through a transpose.
+    boxes_view = boxes[:, ::2]
+    gt_view = gt_boxes.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not boxes_view.is_contiguous() and not gt_view.is_contiguous()
+    for allow in (False, True):
+        want = _python(gt_boxes, gt_valid, boxes_view.contiguous(), 0.5, 0.4, allow)
+        assert torch.equal(ops.match_boxes(gt_view, gt_valid, boxes_view, 0.5, 0.4, allow), want)
+        assert (want > 255).any()  # indices beyond the first 256 gts occur
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_match_other_dtypes(dtype):
     g = torch.Generator().manual_seed(12)
