@@ -56,6 +56,22 @@ def _time(fn, iters: int, warmup: int, device) -> list[float]:
     return times
 
 
+def _time_interleaved(steps: dict, iters: int, warmup: int) -> dict[str, list[float]]:
+    """CPU wall time of several steps measured in alternation: round i runs them in order, or
+    reversed when i is odd, so neither side always runs on a cache the other one left."""
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(iters):
+        for n in names if i % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            steps[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
 def count_syncs(step) -> int:
     """Host synchronisations one call of `step` makes (CUDA sync debug mode, warnings counted)."""
     import warnings
@@ -177,51 +193,67 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
                      "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else f"CPU x{os.cpu_count()}", "runs": []}
     modes = ("train", "infer") if b.mode == "both" else (b.mode,)
+    models = [(n, m) for n, m in (("ours", ours), ("torchvision", tv)) if m is not None]
+
+    def make_step(name, model, mode, dtype):
+        if mode == "infer":
+            model.eval()
+            if name == "ours":
+                def step(m=model):
+                    with torch.inference_mode(), _autocast(device, dtype):
+                        dets = m(images)
+                    for d, s in zip(dets, images.image_sizes):
+                        detections_to_original(d, s, s)
+            else:
+                def step(m=model):
+                    with torch.inference_mode(), _autocast(device, dtype):
+                        m(raw)
+            return step
+        model.train()
+        if name == "ours" and graphs is not None:
+            graphs.capture_training(
+                b.batch_size, dtype, bool(config.perf.channels_last),
+                shapes=[tuple(images.tensor.shape[-2:])])
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+        inputs = (images, targets) if name == "ours" else (raw, tv_targets)
+        cache = not (name == "ours" and graphs is not None)  # graphs: no autocast cache
+
+        def step(m=model, opt=opt, inputs=inputs, cache=cache):
+            with _autocast(device, dtype, cache):
+                losses = m(*inputs)
+            sum(v.float() for v in losses.values()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
     for dtype in b.dtypes:
         for mode in modes:
             row = {"mode": mode, "dtype": dtype}
-            for name, model in (("ours", ours), ("torchvision", tv)):
-                if model is None:
-                    continue
-                if mode == "infer":
-                    model.eval()
-                    if name == "ours":
-                        def step(m=model):
-                            with torch.inference_mode(), _autocast(device, dtype):
-                                dets = m(images)
-                            for d, s in zip(dets, images.image_sizes):
-                                detections_to_original(d, s, s)
-                    else:
-                        def step(m=model):
-                            with torch.inference_mode(), _autocast(device, dtype):
-                                m(raw)
-                else:
-                    model.train()
-                    if name == "ours" and graphs is not None:
-                        graphs.capture_training(
-                            b.batch_size, dtype, bool(config.perf.channels_last),
-                            shapes=[tuple(images.tensor.shape[-2:])])
-                    params = [p for p in model.parameters() if p.requires_grad]
-                    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-                    inputs = (images, targets) if name == "ours" else (raw, tv_targets)
-
-                    cache = not (name == "ours" and graphs is not None)  # graphs: no cache
-
-                    def step(m=model, opt=opt, inputs=inputs, cache=cache):
-                        with _autocast(device, dtype, cache):
-                            losses = m(*inputs)
-                        sum(v.float() for v in losses.values()).backward()
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                times = _time(step, b.iters, b.warmup, device)
-                med = statistics.median(times)
-                row[name] = {"s_per_iter": med, "images_per_s": b.batch_size / med,
-                             "times": times}
-                if device.type == "cuda":
-                    row[name]["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                    row[name]["host_syncs_per_iter"] = count_syncs(step)
+            if device.type == "cpu" and len(models) == 2:
+                # Interleaved, alternating which goes first: drift of a shared CPU (other
+                # tenants, clocks) hits both sides alike, so the ratio stays meaningful.
+                steps = {n: make_step(n, m, mode, dtype) for n, m in models}
+                times = _time_interleaved(steps, b.iters, b.warmup)
+                for name, t in times.items():
+                    med = statistics.median(t)
+                    row[name] = {"s_per_iter": med, "images_per_s": b.batch_size / med,
+                                 "times": t}
+                row["pair_ratio_median"] = statistics.median(
+                    o / r for o, r in zip(times["ours"], times["torchvision"]))
+            else:
+                for name, model in models:
+                    step = make_step(name, model, mode, dtype)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    t = _time(step, b.iters, b.warmup, device)
+                    med = statistics.median(t)
+                    row[name] = {"s_per_iter": med, "images_per_s": b.batch_size / med,
+                                 "times": t}
+                    if device.type == "cuda":
+                        row[name]["peak_mem_mb"] = (
+                            torch.cuda.max_memory_allocated(device) / 2**20)
+                        row[name]["host_syncs_per_iter"] = count_syncs(step)
             if "torchvision" in row:
                 row["time_ratio"] = row["ours"]["s_per_iter"] / row["torchvision"]["s_per_iter"]
             results["runs"].append(row)
