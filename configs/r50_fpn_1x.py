@@ -201,10 +201,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (and batch size); needs CUDA and perf.pad_to, excludes perf.compile.
     c.perf.cuda_graphs = False
     c.perf.prefetch = True  # copy the next batch to the GPU on a side stream (CPU: no effect)
-    # CPU float32 without autograd (inference, frozen stages, the RPN's dense head): oneDNN
-    # convolutions on weights reordered once (mrcnn/onednn.py). Equal to eager up to rounding;
-    # ignored on GPUs, under autocast and with perf.compile (Inductor packs its own).
-    c.perf.onednn_prepack = False
+    # CPU float32 (mrcnn/onednn.py): convolutions without autograd (inference, frozen stages,
+    # the RPN's dense head) on weights reordered once for oneDNN, and the box head's fc6 as a
+    # 7x7 convolution (oneDNN instead of the BLAS). Equal to eager up to rounding; ignored on
+    # GPUs and under autocast; off with perf.compile (Inductor packs its own).
+    c.perf.onednn = False
     c.perf.cudnn_benchmark = True
     c.perf.tf32 = True
 

@@ -96,7 +96,7 @@ def _autocast(device, dtype, cache_enabled=True):
 def variant_name(config) -> str:
     """The fast paths of a run, as the table and the JSON report them ("eager" for none)."""
     p = config.perf
-    parts = [k for k in ("channels_last", "onednn_prepack", "cuda_graphs") if p[k]]
+    parts = [k for k in ("channels_last", "onednn", "cuda_graphs") if p[k]]
     if tuple(p.pad_to):
         parts.append("pad_to=%dx%d" % tuple(p.pad_to))
     return "+".join(parts) or "eager"
@@ -177,8 +177,8 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
     if config.perf.channels_last:
         ours.to(memory_format=torch.channels_last)
         images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
-    if config.perf.onednn_prepack:
-        onednn.prepack_convolutions(ours)
+    if config.perf.onednn:
+        onednn.use_onednn(ours)
     graphs = None
     if config.perf.cuda_graphs:
         if device.type != "cuda":

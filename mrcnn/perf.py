@@ -80,8 +80,9 @@ def apply_perf_switches(model: nn.Module, config: ml_collections.ConfigDict) -> 
     remember_settings(model, config)
     if config.perf.channels_last:
         model.to(memory_format=torch.channels_last)
-    if config.perf.onednn_prepack and not config.perf.compile:
-        log.info("oneDNN prepacked convolutions: %d", onednn.prepack_convolutions(model))
+    if config.perf.onednn and not config.perf.compile:
+        log.info("oneDNN: %d prepacked convolutions, %d box heads' fc6 as a convolution",
+                 *onednn.use_onednn(model))
     if config.perf.compile:
         fullgraph = bool(config.perf.compile_fullgraph)
         parts = []

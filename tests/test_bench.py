@@ -22,11 +22,11 @@ def _cfg(**perf):
 
 
 def test_bench_side_by_side_writes_json(tmp_path):
-    res = bench.bench(_cfg(channels_last=True, onednn_prepack=True), str(tmp_path),
+    res = bench.bench(_cfg(channels_last=True, onednn=True), str(tmp_path),
                       torch.device("cpu"))
     with open(os.path.join(tmp_path, "bench.json")) as f:
         saved = json.load(f)
-    assert saved["variant"] == res["variant"] == "channels_last+onednn_prepack"
+    assert saved["variant"] == res["variant"] == "channels_last+onednn"
     assert [(r["mode"], r["dtype"]) for r in saved["runs"]] == [
         ("train", "float32"), ("infer", "float32")]
     for r in saved["runs"]:

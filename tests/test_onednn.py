@@ -1,6 +1,6 @@
-"""`perf.onednn_prepack`: packed oneDNN convolutions compute what eager ones do (to float
-rounding: oneDNN may pick another summation order than eager's kernel), are skipped whenever
-autograd or autocast is involved, and follow weight updates."""
+"""`perf.onednn`: packed oneDNN convolutions and fc6 as a convolution compute what the eager
+modules do (to float rounding: oneDNN may sum in another order than eager's kernel); packed
+convolutions are skipped whenever autograd or autocast is involved and follow weight updates."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def test_model_detections_and_training_step_unchanged():
     model.eval()
     with torch.inference_mode():
         expected = model(images)
-        assert onednn.prepack_convolutions(model) > 10
+        convs, heads = onednn.use_onednn(model)
+        assert convs > 10 and heads == 1
         got = model(images)
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
@@ -122,7 +123,31 @@ def test_perf_switch_installs_packed_convolutions_unless_compiled():
     model = build_model(cfg.model)
     apply_perf_switches(model, cfg)
     assert not any("forward" in m.__dict__ for m in model.modules() if isinstance(m, nn.Conv2d))
-    cfg.perf.onednn_prepack = True
+    cfg.perf.onednn = True
     apply_perf_switches(model, cfg)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all("forward" in m.__dict__ for m in convs)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fc6_as_convolution_equals_linear_with_gradients(channels_last):
+    from mrcnn.modeling.box_head import MLPHead
+
+    torch.manual_seed(0)
+    head = MLPHead(16, 7, 2, 32)
+    x = torch.randn(50, 16, 7, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    expected = head(x)
+    (gx, gw) = torch.autograd.grad(expected.square().sum(), (x, head.fc[0].weight))
+    assert onednn.use_onednn(head) == (0, 1)  # no convolutions in it, one box head
+    got = head(x)
+    (hx, hw) = torch.autograd.grad(got.square().sum(), (x, head.fc[0].weight))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hx, gx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hw, gw, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the ordinary path
+        assert head(x).dtype == torch.bfloat16
+    onednn.unpack_convolutions(head)
+    assert "forward" not in head.__dict__
