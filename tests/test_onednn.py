@@ -105,7 +105,8 @@ def test_model_detections_and_training_step_unchanged():
         return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     packed_losses, packed_grads = step()
-    assert any("_onednn_packed" in m.__dict__ for m in model.backbone.body.stem.modules())
+    # The frozen stem ran fused (FrozenBN folded into a packed convolution).
+    assert "_onednn_folded" in model.backbone.body.stem.conv.__dict__
     onednn.unpack_convolutions(model)
     losses, grads = step()
     for k in losses:
@@ -151,3 +152,37 @@ def test_fc6_as_convolution_equals_linear_with_gradients(channels_last):
         assert head(x).dtype == torch.bfloat16
     onednn.unpack_convolutions(head)
     assert "forward" not in head.__dict__
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_frozen_blocks_equal_unfused(depth, channels_last):
+    from mrcnn.modeling.backbone import ResNet
+
+    torch.manual_seed(depth)
+    body = ResNet(depth=depth, width=8, norm="FrozenBN", freeze_at=2)
+    for name, buf in body.named_buffers():  # non-trivial frozen statistics
+        buf.copy_(torch.rand_like(buf) + 0.5 if name.endswith("weight") else torch.randn_like(buf))
+    x = torch.randn(2, 3, 61, 77)
+    if channels_last:
+        body.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = body(x)
+        assert onednn.fuse_frozen_blocks(body) == 1 + sum(len(getattr(body, n)) for n in
+                                                          body.stage_names)
+        got = body(x)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    assert "_onednn_folded" in body.res5[0].conv1.__dict__
+    # With autograd the trained stages run their ordinary forward (the frozen stem and res2 stay
+    # fused): gradients equal the unfused ones to rounding.
+    body.zero_grad()
+    body(x)[-1].sum().backward()
+    fused_grad = body.res5[0].conv1.weight.grad.clone()
+    onednn.unpack_convolutions(body)
+    assert not any("forward" in m.__dict__ for m in body.modules())
+    body.zero_grad()
+    body(x)[-1].sum().backward()
+    g = body.res5[0].conv1.weight.grad
+    torch.testing.assert_close(fused_grad, g, rtol=1e-3, atol=1e-4 * float(g.abs().max()))

@@ -71,6 +71,24 @@ inline void check_multilevel_args(at::TensorList features, const at::Tensor& roi
   }
 }
 
+// Arguments of multilevel_roi_align_backward (the CPU and CUDA kernels check the same).
+inline void check_multilevel_backward_args(const at::Tensor& grad, const at::Tensor& rois,
+                                           at::ArrayRef<double> spatial_scales, int64_t pooled_h,
+                                           int64_t pooled_w, int64_t channels,
+                                           at::IntArrayRef heights, at::IntArrayRef widths) {
+  const int64_t levels = static_cast<int64_t>(spatial_scales.size());
+  TORCH_CHECK(levels >= 1 && levels <= kMaxLevels, "1 to ", kMaxLevels, " levels, got ", levels);
+  TORCH_CHECK(static_cast<int64_t>(heights.size()) == levels &&
+                  static_cast<int64_t>(widths.size()) == levels,
+              "heights and widths need one value per level");
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "rois must be [K, 5], got ", rois.sizes());
+  TORCH_CHECK(rois.scalar_type() == at::kFloat || rois.scalar_type() == at::kDouble,
+              "rois must be float32 or float64");
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_h && grad.size(3) == pooled_w,
+              "grad must be [K, C, pooled_h, pooled_w], got ", grad.sizes());
+}
+
 // ---------------------------------------------------------------------------------------------
 // RPN: level l holds anchors [offset[l], offset[l] + size[l]) of the concatenated N, and its
 // top-k candidates are columns [k_start[l], k_start[l + 1]) of the K outputs.

@@ -88,7 +88,7 @@ void update_tile(const Tile<T>& t, const T* gb, T ga, T h, int32_t gi, T* __rest
     const T q = iou_with_areas(gx1, gy1, gx2, gy2, ga, t.x1[k], t.y1[k], t.x2[k], t.y2[k],
                                t.area[k]);
     const T cur = best_v[k];
-    const bool up = !is_nan(cur) & (is_nan(q) | (q > cur));  // beats(q, cur)
+    const bool up = (!is_nan(cur)) & (is_nan(q) | (q > cur));  // beats(q, cur)
     best_v[k] = up ? q : cur;
     best_i[k] = up ? gi : best_i[k];
     if constexpr (kLowQuality) hit[k] |= static_cast<int32_t>(q == h);

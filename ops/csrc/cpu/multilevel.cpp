@@ -73,17 +73,9 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cpu(
     int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
     at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
     int64_t canonical_level, double canonical_scale, int64_t k_min) {
+  check_multilevel_backward_args(grad, rois, spatial_scales, pooled_h, pooled_w, channels, heights,
+                                 widths);
   const int64_t levels = static_cast<int64_t>(spatial_scales.size());
-  TORCH_CHECK(levels >= 1 && levels <= kMaxLevels, "1 to ", kMaxLevels, " levels, got ", levels);
-  TORCH_CHECK(static_cast<int64_t>(heights.size()) == levels &&
-                  static_cast<int64_t>(widths.size()) == levels,
-              "heights and widths need one value per level");
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "rois must be [K, 5], got ", rois.sizes());
-  TORCH_CHECK(rois.scalar_type() == at::kFloat || rois.scalar_type() == at::kDouble,
-              "rois must be float32 or float64");
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == pooled_h && grad.size(3) == pooled_w,
-              "grad must be [K, C, pooled_h, pooled_w], got ", grad.sizes());
   std::vector<at::Tensor> idx;
   if (rois.size(0) > 0) {
     idx = rois_per_level(rois, levels, canonical_level, canonical_scale, k_min);

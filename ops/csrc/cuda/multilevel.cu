@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../multilevel.h"
+#include "roi_align_grad.cuh"
 
 namespace mrcnn {
 namespace {
@@ -101,22 +102,7 @@ __global__ void multilevel_backward_kernel(int64_t total, const scalar_t* __rest
     const int64_t plane = (g.batch * channels + c) * height * width;
     scalar_t* gi = maps.data[l];
     const int64_t gi_numel = maps.numel[l];
-    for (int iy = 0; iy < g.grid_h; ++iy) {
-      const acc_t y = roi_sample(g.start_h, by, g.bin_h, iy, g.grid_h);
-      for (int ix = 0; ix < g.grid_w; ++ix) {
-        const acc_t x = roi_sample(g.start_w, bx, g.bin_w, ix, g.grid_w);
-        if (!in_plane(y, x, height, width)) continue;
-        const Bilinear<acc_t> b = bilinear(y, x, height, width);
-        at::native::fastAtomicAdd(gi, plane + b.p1, gi_numel,
-                                  static_cast<scalar_t>(go * b.w1 / g.count), true);
-        at::native::fastAtomicAdd(gi, plane + b.p2, gi_numel,
-                                  static_cast<scalar_t>(go * b.w2 / g.count), true);
-        at::native::fastAtomicAdd(gi, plane + b.p3, gi_numel,
-                                  static_cast<scalar_t>(go * b.w3 / g.count), true);
-        at::native::fastAtomicAdd(gi, plane + b.p4, gi_numel,
-                                  static_cast<scalar_t>(go * b.w4 / g.count), true);
-      }
-    }
+    scatter_bin_gradient(gi, gi_numel, plane, g, by, bx, go, height, width);
   }
 }
 
@@ -207,17 +193,9 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
     int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
     at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
     int64_t canonical_level, double canonical_scale, int64_t k_min) {
+  check_multilevel_backward_args(grad, rois, spatial_scales, pooled_h, pooled_w, channels, heights,
+                                 widths);
   const int64_t levels = static_cast<int64_t>(spatial_scales.size());
-  TORCH_CHECK(levels >= 1 && levels <= kMaxLevels, "1 to ", kMaxLevels, " levels, got ", levels);
-  TORCH_CHECK(static_cast<int64_t>(heights.size()) == levels &&
-                  static_cast<int64_t>(widths.size()) == levels,
-              "heights and widths need one value per level");
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "rois must be [K, 5], got ", rois.sizes());
-  TORCH_CHECK(rois.scalar_type() == at::kFloat || rois.scalar_type() == at::kDouble,
-              "rois must be float32 or float64");
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == pooled_h && grad.size(3) == pooled_w,
-              "grad must be [K, C, pooled_h, pooled_w], got ", grad.sizes());
   TORCH_CHECK(grad.device() == rois.device(), "grad and rois are on different devices");
   const at::cuda::CUDAGuard guard(grad.device());
   std::vector<at::Tensor> grads;

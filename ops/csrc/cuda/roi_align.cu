@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../common.h"
+#include "roi_align_grad.cuh"
 
 namespace mrcnn {
 namespace {
@@ -65,22 +66,7 @@ __global__ void roi_align_backward_kernel(int64_t total, const scalar_t* __restr
     const RoiGeometry<acc_t> g = roi_geometry<acc_t>(rois + r * 5, scale, ph, pw, sr, aligned);
     const acc_t go = acc_t(grad[r * s0 + c * s1 + by * s2 + bx * s3]);
     const int64_t plane = (g.batch * channels + c) * height * width;
-    for (int iy = 0; iy < g.grid_h; ++iy) {
-      const acc_t y = roi_sample(g.start_h, by, g.bin_h, iy, g.grid_h);
-      for (int ix = 0; ix < g.grid_w; ++ix) {
-        const acc_t x = roi_sample(g.start_w, bx, g.bin_w, ix, g.grid_w);
-        if (!in_plane(y, x, height, width)) continue;
-        const Bilinear<acc_t> b = bilinear(y, x, height, width);
-        at::native::fastAtomicAdd(grad_input, plane + b.p1, grad_input_numel,
-                                  static_cast<scalar_t>(go * b.w1 / g.count), true);
-        at::native::fastAtomicAdd(grad_input, plane + b.p2, grad_input_numel,
-                                  static_cast<scalar_t>(go * b.w2 / g.count), true);
-        at::native::fastAtomicAdd(grad_input, plane + b.p3, grad_input_numel,
-                                  static_cast<scalar_t>(go * b.w3 / g.count), true);
-        at::native::fastAtomicAdd(grad_input, plane + b.p4, grad_input_numel,
-                                  static_cast<scalar_t>(go * b.w4 / g.count), true);
-      }
-    }
+    scatter_bin_gradient(grad_input, grad_input_numel, plane, g, by, bx, go, height, width);
   }
 }
 
