@@ -290,7 +290,7 @@ class CudaGraphs:
             rpn = _Part(model.rpn, self._rpn_fwd)
             # model.rpn.sparse_grad: MaskRCNN runs the dense RPN head without gradient (its loss
             # re-evaluates the head at the sampled anchors, eagerly): a forward-only graph.
-            sparse = bool(getattr(model, "cfg", {}).get("rpn", {}).get("sparse_grad", False))
+            sparse = bool(model.cfg.rpn.sparse_grad)
             with autocast(device, dtype, cache_enabled=False):
                 with torch.no_grad():  # the RPN's sample input: the backbone's output layout
                     sample = self._backbone_fwd(x)

@@ -184,7 +184,7 @@ class MaskRCNN(nn.Module):
 
         feats = self.backbone(x)
         # With rpn.sparse_grad the loss recomputes the head where it needs it (rpn_sampled).
-        sparse_rpn = self.training and bool(self.cfg.rpn.get("sparse_grad", False))
+        sparse_rpn = self.training and bool(self.cfg.rpn.sparse_grad)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse_rpn):
             logits, deltas = self.rpn(feats)
         objectness, rpn_deltas, level_sizes = flatten_outputs(logits, deltas)
@@ -207,18 +207,18 @@ class MaskRCNN(nn.Module):
         )
         roi_feats = self._roi_features(feats)
         if self.training:
-            rpn_out = (
-                (feats, level_sizes) if sparse_rpn else (objectness, rpn_deltas)
+            rpn_out = (feats, level_sizes) if sparse_rpn else (objectness, rpn_deltas)
+            return self._losses(
+                targets, rpn_out, sparse_rpn, anchors, proposals, valid, roi_feats, image_sizes
             )
-            return self._losses(targets, rpn_out, anchors, proposals, valid, roi_feats, image_sizes)
         return self._detect(proposals, valid, roi_feats, image_sizes, image_hw)
 
     def _losses(
-        self, targets, rpn_out, anchors, proposals, valid, feats, image_sizes
+        self, targets, rpn_out, sparse_rpn, anchors, proposals, valid, feats, image_sizes
     ) -> dict[str, Tensor]:
-        """rpn_out: (objectness [B, N], deltas [B, N, 4]) of the dense head, or, with
-        rpn.sparse_grad, (the head's input features, anchors per level): the head is then
-        evaluated with gradient at the sampled anchors only."""
+        """rpn_out: (objectness [B, N], deltas [B, N, 4]) of the dense head, or, when
+        `sparse_rpn` (rpn.sparse_grad), (the head's input features, anchors per level): the
+        head is then evaluated with gradient at the sampled anchors only."""
         r, rh = self.cfg.rpn, self.cfg.roi_heads
         gt = pad_gt(targets, anchors.device)
         labels, reg_targets = rpn_targets(
@@ -227,7 +227,7 @@ class MaskRCNN(nn.Module):
         pos, neg = sample_pos_neg(
             labels, r.batch_size_per_image, r.positive_fraction, self.sampling_generator
         )
-        if r.get("sparse_grad", False):
+        if sparse_rpn:
             rpn_feats, level_sizes = rpn_out
             idx, sel = select_sampled(pos | neg, r.batch_size_per_image)
             objectness, rpn_deltas = head_at_anchors(self.rpn, rpn_feats, idx, level_sizes)

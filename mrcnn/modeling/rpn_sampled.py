@@ -52,31 +52,27 @@ def head_at_anchors(
         raise ValueError("head_at_anchors expects the RPN's 3x3 conv with padding 1")
 
     flat = anchor_idx.reshape(-1)
-    batch = torch.arange(b, device=device).repeat_interleave(k)
-    sizes = torch.tensor(list(level_sizes), device=device)
-    ends = torch.cumsum(sizes, 0)
-    level = torch.searchsorted(ends, flat, right=True)
-    local = flat - (ends - sizes)[level]
-    anchor = local % num_anchors
-    cell = local // num_anchors
-    widths = torch.tensor([f.shape[-1] for f in feats], device=device)
-    y = cell // widths[level]
-    x = cell % widths[level]
-
-    # 3x3 neighbourhood of every cell: [S, 9] coordinates in (ky, kx) row-major order, the
-    # order of the conv weight's last two dimensions; outside the map reads the zero padding.
+    # Every level's anchors start at a multiple of A, so the anchor of an index is global.
+    anchor = flat % num_anchors
+    bb = torch.arange(b, device=device).repeat_interleave(k)[:, None].expand(-1, 9)
     offs = torch.arange(-1, 2, device=device)
-    yy = (y[:, None, None] + offs[None, :, None]).expand(-1, 3, 3).reshape(-1, 9)
-    xx = (x[:, None, None] + offs[None, None, :]).expand(-1, 3, 3).reshape(-1, 9)
-    bb = batch[:, None].expand(-1, 9)
     patches = None
-    for lvl, f in enumerate(feats):
+    start = 0
+    for f, n in zip(feats, level_sizes):
         h, w = f.shape[-2:]
-        inside = (level[:, None] == lvl) & (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        local = flat - start
+        on_level = (local >= 0) & (local < n)
+        cell = local.clamp(0, max(n - 1, 0)) // num_anchors
+        # The cell's 3x3 neighbourhood: [S, 9] in (ky, kx) row-major order, the order of the
+        # conv weight's last two dimensions; outside the map reads the zero padding.
+        yy = ((cell // w)[:, None, None] + offs[None, :, None]).expand(-1, 3, 3).reshape(-1, 9)
+        xx = ((cell % w)[:, None, None] + offs[None, None, :]).expand(-1, 3, 3).reshape(-1, 9)
+        inside = on_level[:, None] & (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
         # Advanced indices around a slice: the result is [S, 9, C].
         part = f[bb, :, yy.clamp(0, h - 1), xx.clamp(0, w - 1)]
         part = part * inside[..., None].to(part.dtype)
         patches = part if patches is None else patches + part
+        start += n
     assert patches is not None
     weight = conv_w.permute(0, 2, 3, 1).reshape(c_out, 9 * c_in)
     t = F.relu(F.linear(patches.reshape(-1, 9 * c_in), weight, head.conv.bias))  # [S, C]
