@@ -6,7 +6,8 @@ into its blocked layout on every call. Here each `nn.Conv2d` keeps its weight re
 (`torch.ops.mkldnn._reorder_convolution_weight`, as TorchInductor's CPU backend does) and runs
 `torch.ops.mkldnn._convolution_pointwise` on it: the same oneDNN kernel on the same numbers, so
 outputs equal eager ones to float rounding (oneDNN may sum in another order than the kernel
-eager picks; tested), and R50-FPN inference on 2 cores is ~20% faster.
+eager picks; tested). R50-FPN inference at 512 px on 2 cores took 25% less time in an
+interleaved A/B against eager (channels_last, float32).
 
 The packed path is taken only when it cannot change anything autograd sees: CPU, float32, no
 autocast, and no gradient wanted (inference, the frozen stem/res2 while training, the RPN's dense
@@ -22,7 +23,8 @@ The box head's fc6 (`MLPHead.fc.0`, 256*7*7 -> 1024 on every sampled RoI, ~1/6 o
 training step) is a 7x7 "valid" convolution of the pooled [R, 256, 7, 7] features with the
 weight viewed as [1024, 256, 7, 7]. Torch runs Linear through the BLAS (MKL), which on this
 project's AMD CPUs reaches about 40% of oneDNN's convolution throughput; as a convolution, forward
-and backward run in oneDNN (~15% faster fwd+bwd measured) and channels-last RoI features need no
+and backward run in oneDNN (1024 RoIs fwd+bwd: 334 vs 432 ms channels-last, 352 vs 410 ms
+NCHW, on 2 cores) and channels-last RoI features need no
 copy to be flattened. Same function, summed in another order: equal to rounding. With autograd.
 """
 

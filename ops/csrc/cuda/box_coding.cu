@@ -6,15 +6,10 @@
 #include <torch/library.h>
 
 #include "../box_coding.h"
+#include "launch.cuh"
 
 namespace mrcnn {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
-}
 
 template <typename T>
 __global__ void grid_anchors_kernel(int64_t total, const T* __restrict__ base, T* __restrict__ out,

@@ -8,6 +8,7 @@
 
 #include "../common.h"
 #include "../paste_boxes.h"
+#include "launch.cuh"
 
 namespace mrcnn {
 
@@ -16,12 +17,6 @@ void check_polygon_args(const at::Tensor& coords, const at::Tensor& poly_offsets
                         int64_t mask_size);  // cpu/polygons_to_masks.cpp
 
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
-}
 
 __global__ void paste_masks_kernel(int64_t total, const float* __restrict__ masks,
                                    const int64_t* __restrict__ eboxes, int64_t m, int64_t padding,

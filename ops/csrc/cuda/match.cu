@@ -17,11 +17,11 @@
 
 #include "../common.h"
 #include "../match.h"
+#include "launch.cuh"
 
 namespace mrcnn {
 namespace {
 
-constexpr int kThreads = 256;     // a power of two (the block reduction halves it)
 constexpr int64_t kMaxChunks = 64;  // pass 1a chunks per gt
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -18,15 +18,10 @@
 
 #include "../multilevel.h"
 #include "roi_align_grad.cuh"
+#include "launch.cuh"
 
 namespace mrcnn {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
-}
 
 // The feature maps (or their gradients) of every level, NCHW contiguous.
 template <typename T, typename acc_t>

@@ -12,15 +12,10 @@
 
 #include "../common.h"
 #include "roi_align_grad.cuh"
+#include "launch.cuh"
 
 namespace mrcnn {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void roi_align_forward_kernel(int64_t total, const scalar_t* __restrict__ input,

@@ -20,15 +20,10 @@
 
 #include "../box_coding.h"
 #include "../multilevel.h"
+#include "launch.cuh"
 
 namespace mrcnn {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) {
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
-}
 
 // padded[b, l, j] = objectness[b, offset[l] + j] for j < size[l], else -inf.
 template <typename T>
