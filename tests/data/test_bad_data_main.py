@@ -2,7 +2,7 @@
 through main.py on damaged data (skips counted in metrics.jsonl), and the one-line errors main.py
 gives for data it cannot use.
 
-Unit tests of the parser and the decoder are in test_data_annotations.py / test_data_images.py;
+Unit tests of the parser and the decoder are in test_annotations.py / test_image_io.py;
 these go through the loader and the command line.
 """
 
