@@ -10,12 +10,16 @@ shapes (the generated dataset), loaders (the builders), serialize (worker-friend
 """
 
 from mrcnn.data.annotations import AnnotationError
-from mrcnn.data.catalog import COCO_CATEGORIES, DatasetMissingError, data_root
+from mrcnn.data.catalog import (
+    COCO_CATEGORIES,
+    DatasetMissingError,
+    data_root,
+    ensure_shapes_dataset,
+)
 from mrcnn.data.collate import collate_images
 from mrcnn.data.image_io import ImageError, load_image
 from mrcnn.data.loaders import build_test_loader, build_train_loader, iters_per_epoch
 from mrcnn.data.meta import DatasetMeta, get_dataset_meta
-from mrcnn.data.shapes import ensure_shapes_dataset
 from mrcnn.data.transforms import ScaleInfo, preprocess
 
 __all__ = [

@@ -8,7 +8,8 @@ layout is the one `launch/download_coco.sh ROOT` extracts:
     ROOT/shapes/<params>/...            (generated on first use, see shapes.py)
 
 A dataset config is {"name", "img_dir", "ann_file"}; a non-empty `img_dir` / `ann_file` overrides
-what the name gives, so any COCO-format dataset works without touching this file.
+what the name gives, so any COCO-format dataset works without touching this file. This module is
+the only one that interprets a dataset name (loaders and meta ask it; shapes.py knows no names).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+
+from mrcnn.data import shapes
 
 # name -> (image folder, annotation json), relative to the data root.
 DATASETS: dict[str, tuple[str, str]] = {
@@ -120,6 +123,10 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
 class DatasetMissingError(FileNotFoundError):
     """A dataset folder or annotation file that is not on disk; the message says how to get it."""
 
+    def __reduce__(self):
+        # Rebuilt from the message alone, so it crosses from a loader worker intact.
+        return (type(self), (str(self),))
+
 
 def data_root(config: ml_collections.ConfigDict) -> str:
     """`$MRCNN_DATA` when set (so one machine-wide location serves every config), else
@@ -144,18 +151,54 @@ def explicit_ann_file(dataset_cfg: Any) -> str:
     return _field(dataset_cfg, "ann_file")
 
 
+def _shapes_split(dataset_cfg: Any) -> str | None:
+    """"train" / "val" for a shapes name that the generator serves (no explicit img_dir and
+    ann_file), else None. The one place that decides "is this the shapes dataset?"."""
+    name = dataset_name(dataset_cfg)
+    explicit = _field(dataset_cfg, "img_dir") and explicit_ann_file(dataset_cfg)
+    if name not in SHAPES_NAMES or explicit:
+        return None
+    return name[len("shapes_") :]
+
+
 def is_shapes(dataset_cfg: Any) -> bool:
     """A shapes dataset without explicit paths: generated on demand."""
-    return dataset_name(dataset_cfg).startswith("shapes") and not (
-        _field(dataset_cfg, "img_dir") and _field(dataset_cfg, "ann_file")
+    return _shapes_split(dataset_cfg) is not None
+
+
+def shapes_params(config: ml_collections.ConfigDict) -> shapes.ShapesParams:
+    """`config.data.shapes` as the generator's parameters (a bad value is a ValueError naming
+    the key)."""
+    s = config.data.shapes
+    return shapes.ShapesParams(
+        int(s.seed),
+        int(s.num_train),
+        int(s.num_val),
+        int(s.image_size),
+        int(s.num_classes),
+        int(s.max_objects),
+        s.get("image_format", "jpg"),
+    )
+
+
+def _unknown(name: str) -> DatasetMissingError:
+    known = sorted(DATASETS) + list(SHAPES_NAMES)
+    if not name:
+        return DatasetMissingError(
+            "dataset config has neither a catalog name nor img_dir + ann_file; "
+            f"known names: {known}"
+        )
+    return DatasetMissingError(
+        f"unknown dataset name {name!r}: use one of {known} "
+        "or set img_dir and ann_file (any COCO-format dataset)"
     )
 
 
 def dataset_paths(config: ml_collections.ConfigDict, dataset_cfg: Any) -> tuple[str, str]:
     """(img_dir, ann_file) of a dataset config: explicit paths win over the catalog name.
 
-    Does not check that they exist (see `require_dataset`); shapes names give the folder the
-    generator writes for the current `data.shapes` parameters.
+    Does not check that they exist nor generate anything (see `require_dataset`); shapes names
+    give the folder the generator writes for the current `data.shapes` parameters.
     """
     img_dir, ann_file = _field(dataset_cfg, "img_dir"), _field(dataset_cfg, "ann_file")
     if img_dir and ann_file:
@@ -165,24 +208,44 @@ def dataset_paths(config: ml_collections.ConfigDict, dataset_cfg: Any) -> tuple[
         rel_img, rel_ann = DATASETS[name]
         root = data_root(config)
         base_img, base_ann = os.path.join(root, rel_img), os.path.join(root, rel_ann)
-    elif name.startswith("shapes"):
-        from mrcnn.data import shapes
-
-        split = shapes.split_of(name)
-        base_img, base_ann = shapes.split_paths(
-            shapes.params_from_config(config), split, data_root(config)
-        )
-    elif not name:
-        raise DatasetMissingError(
-            "dataset config has neither a catalog name nor img_dir + ann_file; "
-            f"known names: {sorted(DATASETS) + list(SHAPES_NAMES)}"
-        )
+    elif name in SHAPES_NAMES:
+        split = name[len("shapes_") :]
+        base_img, base_ann = shapes.split_paths(shapes_params(config), split, data_root(config))
     else:
-        raise DatasetMissingError(
-            f"unknown dataset name {name!r}: use one of {sorted(DATASETS) + list(SHAPES_NAMES)} "
-            "or set img_dir and ann_file (any COCO-format dataset)"
-        )
+        raise _unknown(name)
     return img_dir or base_img, ann_file or base_ann
+
+
+def known_categories(
+    config: ml_collections.ConfigDict, dataset_cfg: Any
+) -> list[tuple[int, str]] | None:
+    """(category id, name) of a dataset known by its name alone, without reading or generating
+    anything: shapes from its parameters, COCO catalog names (without an explicit ann_file)
+    from COCO's table, every COCO release having the same 80. None: read the annotation file."""
+    if is_shapes(dataset_cfg):
+        cats = shapes.categories(shapes_params(config).num_classes)
+        return [(c["id"], c["name"]) for c in cats]
+    if dataset_name(dataset_cfg) in DATASETS and not explicit_ann_file(dataset_cfg):
+        return list(COCO_CATEGORIES)
+    return None
+
+
+def ensure_shapes_dataset(
+    config: ml_collections.ConfigDict,
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """Generates the shapes dataset of `config.data.shapes` under the data root unless it is
+    there; returns (train, val) dataset configs with explicit img_dir and ann_file."""
+    params, root = shapes_params(config), data_root(config)
+    shapes.ensure_generated(params, root)
+    out = []
+    for split in ("train", "val"):
+        img_dir, ann_file = shapes.split_paths(params, split, root)
+        out.append(
+            ml_collections.ConfigDict(
+                {"name": f"shapes_{split}", "img_dir": img_dir, "ann_file": ann_file}
+            )
+        )
+    return out[0], out[1]
 
 
 def _missing(name: str, what: str, path: str, root: str) -> DatasetMissingError:
@@ -203,7 +266,10 @@ def resolve(config: ml_collections.ConfigDict, dataset_cfg: Any) -> tuple[str, s
 def require_dataset(
     config: ml_collections.ConfigDict, dataset_cfg: Any, need_annotations: bool = True
 ) -> tuple[str, str]:
-    """`dataset_paths`, raising `DatasetMissingError` (naming the path) when one is missing."""
+    """(img_dir, ann_file) of a dataset that is on disk: a shapes dataset is generated first;
+    anything else missing raises `DatasetMissingError` naming the path and the remedy."""
+    if is_shapes(dataset_cfg):
+        shapes.ensure_generated(shapes_params(config), data_root(config))
     img_dir, ann_file = dataset_paths(config, dataset_cfg)
     name, root = dataset_name(dataset_cfg), data_root(config)
     if need_annotations and not os.path.isfile(ann_file):

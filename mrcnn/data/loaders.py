@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mrcnn.data import catalog, shapes
+from mrcnn.data import catalog
 from mrcnn.data.coco import CocoTestDataset, CocoTrainDataset
 from mrcnn.data.collate import collate_test, collate_train
 from mrcnn.data.meta import DatasetMeta
@@ -20,15 +20,6 @@ from mrcnn.data.samplers import TrainBatchSampler, TrainSchedule, shard_range
 from mrcnn.structures import Batch
 
 log = logging.getLogger(__name__)
-
-
-def resolve_dataset_cfg(config: ml_collections.ConfigDict, dataset_cfg: Any) -> Any:
-    """A shapes dataset config becomes explicit paths (generating the data if needed); others
-    are returned as they are."""
-    if not catalog.is_shapes(dataset_cfg):
-        return dataset_cfg
-    train_cfg, val_cfg = shapes.ensure_shapes_dataset(config)
-    return train_cfg if shapes.split_of(catalog.dataset_name(dataset_cfg)) == "train" else val_cfg
 
 
 def iters_per_epoch(config: ml_collections.ConfigDict, dataset_len: int) -> int:
@@ -104,8 +95,7 @@ def build_train_loader(
     aspect-ratio grouped when `data.aspect_ratio_grouping`. Deterministic in `config.seed`.
     """
     s = config.solver
-    dataset_cfg = resolve_dataset_cfg(config, config.data.train)
-    img_dir, ann_file = catalog.require_dataset(config, dataset_cfg)
+    img_dir, ann_file = catalog.require_dataset(config, config.data.train)
     dataset = CocoTrainDataset(
         img_dir,
         ann_file,
@@ -187,9 +177,7 @@ def build_test_loader(
     exposes `ann_file` (for pycocotools), `image_ids` (the images evaluated: the first
     `eval.num_images` when > 0) and `meta`.
     """
-    dataset_cfg = resolve_dataset_cfg(
-        config, dataset_cfg if dataset_cfg is not None else config.data.val
-    )
+    dataset_cfg = dataset_cfg if dataset_cfg is not None else config.data.val
     img_dir, ann_file = catalog.require_dataset(config, dataset_cfg)
     dataset = CocoTestDataset(
         img_dir,

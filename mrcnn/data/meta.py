@@ -81,23 +81,18 @@ def coco_meta(ids_as_labels: bool = False) -> DatasetMeta:
 def get_dataset_meta(config: ml_collections.ConfigDict, dataset_cfg: Any = None) -> DatasetMeta:
     """The categories that define the model's labels.
 
-    dataset_cfg defaults to `config.data.train` (the labels are the training set's). Shapes
-    datasets answer from the generator's parameters without generating anything, COCO catalog
-    names (without an explicit ann_file) from the hard-coded table without reading the 450 MB
-    train json. Otherwise the annotation file's categories; when it is not on disk
-    (predicting with COCO weights), COCO's 80 categories.
+    dataset_cfg defaults to `config.data.train` (the labels are the training set's). Datasets the
+    catalog knows by name (shapes, COCO catalog names without an explicit ann_file) answer
+    without reading or generating anything; otherwise the annotation file's categories; when it
+    is not on disk (predicting with COCO weights), COCO's 80 categories.
     """
-    from mrcnn.data import annotations, shapes
+    from mrcnn.data import annotations
 
     ids_as_labels = bool(config.data.category_ids_as_labels)
     dataset_cfg = dataset_cfg if dataset_cfg is not None else config.data.train
-    if catalog.is_shapes(dataset_cfg):
-        cats = shapes.categories(shapes.params_from_config(config).num_classes)
-        return meta_from_categories([(c["id"], c["name"]) for c in cats], ids_as_labels)
-    if catalog.dataset_name(dataset_cfg) in catalog.DATASETS and not catalog.explicit_ann_file(
-        dataset_cfg
-    ):
-        return coco_meta(ids_as_labels)  # every COCO release has the same 80 categories
+    known = catalog.known_categories(config, dataset_cfg)
+    if known is not None:
+        return meta_from_categories(known, ids_as_labels)
     try:
         _, ann_file = catalog.dataset_paths(config, dataset_cfg)
     except catalog.DatasetMissingError as e:

@@ -26,7 +26,6 @@ import shutil
 import socket
 import time
 
-import ml_collections
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
@@ -74,29 +73,6 @@ class ShapesParams:
 
     def num_images(self, split: str) -> int:
         return self.num_train if split == "train" else self.num_val
-
-
-def params_from_config(config: ml_collections.ConfigDict) -> ShapesParams:
-    s = config.data.shapes
-    fmt = s.get("image_format", "jpg") if hasattr(s, "get") else "jpg"
-    return ShapesParams(
-        int(s.seed),
-        int(s.num_train),
-        int(s.num_val),
-        int(s.image_size),
-        int(s.num_classes),
-        int(s.max_objects),
-        fmt,
-    )
-
-
-def split_of(name: str) -> str:
-    """ "shapes_train" -> "train", "shapes_val" -> "val"."""
-    if name.endswith("train"):
-        return "train"
-    if name.endswith("val"):
-        return "val"
-    raise ValueError(f"shapes dataset name {name!r} must end in 'train' or 'val'")
 
 
 def dataset_dir(params: ShapesParams, root: str) -> str:
@@ -313,39 +289,21 @@ def _complete(final: str) -> bool:
     )
 
 
-def _dataset_cfgs(params: ShapesParams, root: str) -> tuple[ml_collections.ConfigDict, ...]:
-    out = []
-    for split in ("train", "val"):
-        img_dir, ann_file = split_paths(params, split, root)
-        out.append(
-            ml_collections.ConfigDict(
-                {"name": f"shapes_{split}", "img_dir": img_dir, "ann_file": ann_file}
-            )
-        )
-    return tuple(out)
-
-
-def ensure_shapes_dataset(
-    config: ml_collections.ConfigDict,
-) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-    """Generates the shapes dataset for `config.data.shapes` unless it is already on disk;
-    returns (train, val) dataset configs with explicit img_dir and ann_file.
+def ensure_generated(params: ShapesParams, root: str) -> str:
+    """Generates the dataset of `params` under `root` unless it is already there; returns its
+    folder (`dataset_dir`; each split's paths are `split_paths`).
 
     Idempotent (a second call is a few stat calls) and atomic: generation writes a temporary
     folder that is renamed into place at the end; leftovers of a killed run are removed.
     """
-    from mrcnn.data.catalog import data_root
-
-    params = params_from_config(config)
-    root = data_root(config)
     final = dataset_dir(params, root)
     if _complete(final):
-        return _dataset_cfgs(params, root)
+        return final
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     with _file_lock(os.path.join(parent, f".{params.key()}.lock")):
         if _complete(final):  # another process generated it while we waited
-            return _dataset_cfgs(params, root)
+            return final
         host = socket.gethostname()
         prefix = f".tmp-{params.key()}-{host}-"
         for name in os.listdir(parent):  # left by a killed generation on this machine
@@ -374,4 +332,4 @@ def ensure_shapes_dataset(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         log.info("shapes dataset ready in %.1f s", time.perf_counter() - t0)
-    return _dataset_cfgs(params, root)
+    return final

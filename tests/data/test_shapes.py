@@ -18,7 +18,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from configs import shapes as shapes_config
-from mrcnn.data import shapes
+from mrcnn.data import catalog, shapes
 
 SMALL = shapes.ShapesParams(
     seed=3, num_train=24, num_val=6, image_size=64, num_classes=3, max_objects=5
@@ -116,7 +116,7 @@ def _drawn_count(index: int) -> int:
 
 def test_pycocotools_loads_the_generated_json(tmp_path):
     cfg = _config(tmp_path)
-    train_cfg, val_cfg = shapes.ensure_shapes_dataset(cfg)
+    train_cfg, val_cfg = catalog.ensure_shapes_dataset(cfg)
     for c in (train_cfg, val_cfg):
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(c.ann_file)
@@ -132,14 +132,14 @@ def test_pycocotools_loads_the_generated_json(tmp_path):
 
 def test_ensure_is_idempotent_and_keyed_by_parameters(tmp_path):
     cfg = _config(tmp_path)
-    first = shapes.ensure_shapes_dataset(cfg)
+    first = catalog.ensure_shapes_dataset(cfg)
     stamp = os.path.getmtime(first[0].ann_file)
     t0 = time.perf_counter()
-    again = shapes.ensure_shapes_dataset(cfg)
+    again = catalog.ensure_shapes_dataset(cfg)
     assert time.perf_counter() - t0 < 0.05
     assert [c.to_dict() for c in again] == [c.to_dict() for c in first]
     assert os.path.getmtime(first[0].ann_file) == stamp
-    other = shapes.ensure_shapes_dataset(_config(tmp_path, num_classes=4))
+    other = catalog.ensure_shapes_dataset(_config(tmp_path, num_classes=4))
     assert other[0].ann_file != first[0].ann_file
     cats = json.load(open(other[0].ann_file))["categories"]
     assert [c["name"] for c in cats] == ["square", "circle", "triangle", "pentagon"]
@@ -156,16 +156,16 @@ def test_killed_generation_leaves_nothing_and_is_cleaned_up(tmp_path, monkeypatc
 
     monkeypatch.setattr(shapes, "write_split", dies_in_val)
     with pytest.raises(KeyboardInterrupt):
-        shapes.ensure_shapes_dataset(cfg)
+        catalog.ensure_shapes_dataset(cfg)
     parent = tmp_path / "shapes"
     assert [p for p in os.listdir(parent) if not p.endswith(".lock")] == []
 
     # A temporary folder left by a process that was killed outright (no cleanup ran).
-    params = shapes.params_from_config(cfg)
+    params = catalog.shapes_params(cfg)
     stale = parent / f".tmp-{params.key()}-{__import__('socket').gethostname()}-999999"
     (stale / "train").mkdir(parents=True)
     monkeypatch.setattr(shapes, "write_split", real_write)
-    train_cfg, _ = shapes.ensure_shapes_dataset(cfg)
+    train_cfg, _ = catalog.ensure_shapes_dataset(cfg)
     assert not stale.exists()
     assert os.path.isfile(train_cfg.ann_file)
 
