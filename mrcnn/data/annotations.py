@@ -97,11 +97,15 @@ class ImageRecord:
 
 @dataclasses.dataclass
 class ParsedAnnotations:
-    """What `parse_coco_json` returns. categories: (id, name) sorted by id."""
+    """What `parse_coco_json` returns. categories: (id, name) sorted by id; instances: the
+    accepted annotations of a test-mode parse (the evaluation ground truth), [] in training;
+    with_masks: whether segmentations were checked and kept."""
 
     records: list[ImageRecord]
     categories: list[tuple[int, str]]
     counts: collections.Counter
+    instances: list["Instance"] = dataclasses.field(default_factory=list)
+    with_masks: bool = True
 
 
 class _Bad(Exception):
@@ -389,6 +393,229 @@ def read_categories(path: str) -> list[tuple[int, str]]:
     return _read_categories(path, _read_json(path))
 
 
+@dataclasses.dataclass(slots=True)
+class Instance:
+    """One annotation that passed the record checks, as the parser holds it until the polygons
+    are checked in one batch.
+
+    bbox: [x, y, w, h] as in the file; box: xyxy clipped to the image, None when it is empty
+    (thinner than MIN_BOX_SIDE); area: the file's area, None when the file has none.
+    segm: None (no mask kept), bytes (compressed RLE), int (an index into the pending polygon
+    checks) and, once checked, list of float32 polygon parts; raw_polygons: the file's parts
+    (the numbers evaluation must see). box_only: the file says `"segmentation": []`.
+    """
+
+    ann_id: int
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float]
+    box: tuple[float, float, float, float] | None
+    iscrowd: bool
+    area: float | None
+    segm: Any = None
+    raw_polygons: list | None = None
+    box_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageInfo:
+    file_name: str
+    height: int
+    width: int
+
+
+class _BadRecords:
+    """Turns record-level problems into AnnotationError ("fail") or a counted, logged skip."""
+
+    def __init__(self, path: str, on_bad: str):
+        if on_bad not in ("fail", "skip"):
+            raise ValueError(f"on_bad must be 'fail' or 'skip', got {on_bad!r}")
+        self.path, self.on_bad = path, on_bad
+        self.counts: collections.Counter = collections.Counter()
+        self._logged: collections.Counter = collections.Counter()
+
+    def __call__(self, kind: str, where: str, why: str) -> None:
+        msg = f"{self.path}: {where}: {why}"
+        if self.on_bad == "fail":
+            raise AnnotationError(
+                msg + " (set --config.data.on_bad_annotation=skip to drop such records)"
+            )
+        self.counts[kind] += 1
+        if self._logged[kind] < _LOGGED_PER_KIND:
+            self._logged[kind] += 1
+            log.warning("skipping a bad record: %s", msg)
+
+
+def _read_images(images: list, bad: _BadRecords) -> tuple[dict[int, _ImageInfo], set[int]]:
+    """(valid images by id, ids of bad or duplicated image records: their annotations go too)."""
+    image_info: dict[int, _ImageInfo] = {}
+    bad_ids: set[int] = set()
+    for img in images:
+        try:
+            iid, name, h, w = _check_image(img)
+            if iid in image_info or iid in bad_ids:
+                raise _Bad(f"image id {iid} appears twice")
+        except _Bad as e:
+            where = f"image {img.get('id')!r}" if isinstance(img, dict) else "image record"
+            bad("bad_image_record", where, str(e))
+            if isinstance(img, dict) and _is_int(img.get("id")):
+                bad_ids.add(img["id"])
+                image_info.pop(img["id"], None)
+            continue
+        image_info[iid] = _ImageInfo(name, h, w)
+    return image_info, bad_ids
+
+
+@dataclasses.dataclass
+class _AnnContext:
+    """What the check of one annotation needs to know about the file and the caller."""
+
+    images: dict[int, _ImageInfo]
+    bad_image_ids: set[int]
+    category_ids: frozenset[int]
+    training: bool
+    with_masks: bool
+    counts: collections.Counter
+    polys: _PolygonChecks = dataclasses.field(default_factory=lambda: _PolygonChecks())
+    seen_ids: set[int] = dataclasses.field(default_factory=set)
+
+
+_REQUIRED = ("id", "image_id", "category_id", "bbox")
+
+
+def _check_ids(ann: Any, ctx: _AnnContext) -> bool:
+    """Structure, keys and ids of one annotation; False when it goes with a bad image."""
+    if not isinstance(ann, dict):
+        raise _Bad(f"annotation record is not an object: {_short(ann)}")
+    missing = [k for k in _REQUIRED if k not in ann]
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1, True, False):
+        raise _Bad(f"iscrowd must be 0 or 1, got {_short(crowd)}")
+    # Crowd regions need their mask only where evaluation uses them (they are not trained on).
+    needs_segm = ctx.with_masks and not (crowd and ctx.training)
+    if needs_segm and "segmentation" not in ann:
+        missing.append("segmentation")
+    if missing:
+        raise _Bad(f"missing keys {missing}")
+    aid, iid, cid = ann["id"], ann["image_id"], ann["category_id"]
+    if not _is_int(aid):
+        raise _Bad(f"annotation id must be an integer, got {_short(aid)}")
+    if aid in ctx.seen_ids:
+        raise _Bad(f"annotation id {aid} appears twice")
+    ctx.seen_ids.add(aid)
+    if not _is_int(iid):
+        raise _Bad(f"image_id must be an integer, got {_short(iid)}")
+    if iid in ctx.bad_image_ids:
+        ctx.counts["dropped_with_image"] += 1
+        return False
+    if iid not in ctx.images:
+        raise _Bad(f"image_id {iid} is not in 'images'")
+    if not _is_int(cid) or cid not in ctx.category_ids:
+        raise _Bad(f"category_id {_short(cid)} is not in 'categories'")
+    return True
+
+
+def _check_area(ann: dict) -> float | None:
+    area = ann.get("area")
+    if area is None:
+        return None
+    if type(area) not in _NUMBER_TYPES or not math.isfinite(area) or area < 0:
+        raise _Bad(f"area must be a finite number >= 0, got {_short(area)}")
+    return float(area)
+
+
+def _check_segmentation(seg: Any, img: _ImageInfo, ctx: _AnnContext) -> tuple[Any, list | None]:
+    """(segm, raw polygon parts) of a segmentation (see Instance.segm); [] is box-only."""
+    if isinstance(seg, list):
+        if not seg:
+            return None, None
+        return ctx.polys.add(seg, img.height, img.width), seg
+    if isinstance(seg, dict):
+        return _check_rle(seg, img.height, img.width), None
+    raise _Bad(f"segmentation must be polygons or RLE, got {_short(seg)}")
+
+
+def _check_annotation(ann: Any, ctx: _AnnContext) -> Instance | None:
+    """One annotation as an Instance; None when it is dropped without being bad (a crowd in
+    training, one of a bad image). Raises _Bad."""
+    if not _check_ids(ann, ctx):
+        return None
+    crowd = bool(ann.get("iscrowd", 0))
+    if crowd and ctx.training:
+        ctx.counts["crowd"] += 1
+        return None
+    img = ctx.images[ann["image_id"]]
+    x, y, bw, bh = _check_box(ann["bbox"])
+    inst = Instance(
+        ann["id"], ann["image_id"], ann["category_id"], (x, y, bw, bh), None, crowd, None
+    )
+    inst.area = _check_area(ann)
+    if ctx.with_masks and "segmentation" in ann:
+        inst.segm, inst.raw_polygons = _check_segmentation(ann["segmentation"], img, ctx)
+        inst.box_only = ann["segmentation"] == []
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + bw, float(img.width)), min(y + bh, float(img.height))
+    if bw > 0 and bh > 0 and x2 - x1 >= MIN_BOX_SIDE and y2 - y1 >= MIN_BOX_SIDE:
+        inst.box = (x1, y1, x2, y2)
+    return inst
+
+
+def _read_annotations(anns: list, ctx: _AnnContext, bad: _BadRecords) -> list[Instance]:
+    """Every usable annotation, polygons checked; bad ones reported, empty boxes dropped."""
+    insts: list[Instance] = []
+    for ann in anns:
+        try:
+            inst = _check_annotation(ann, ctx)
+        except _Bad as e:
+            aid = ann.get("id") if isinstance(ann, dict) else None
+            iid = ann.get("image_id") if isinstance(ann, dict) else None
+            bad("bad_annotation", f"image {iid!r}, annotation {aid!r}", str(e))
+            continue
+        if inst is not None:  # kept even when the box is empty: its polygon is still checked
+            insts.append(inst)
+    checked = ctx.polys.run(ctx.counts) if ctx.polys.items else []
+    out = []
+    for inst in insts:
+        if isinstance(inst.segm, int):
+            inst.segm = checked[inst.segm]
+            if isinstance(inst.segm, str):
+                where = f"image {inst.image_id!r}, annotation {inst.ann_id!r}"
+                bad("bad_annotation", where, inst.segm)
+                continue
+        if inst.box is None:
+            ctx.counts["zero_size_box"] += 1
+            continue
+        out.append(inst)
+    return out
+
+
+def _drop_box_only(insts: list[Instance], counts: collections.Counter) -> list[Instance]:
+    """Training with masks: box-only objects (`"segmentation": []`, as CVAT and Roboflow write
+    rectangles) have no mask to learn from; they are dropped and counted (detectron2 does the
+    same), with one warning."""
+    kept = [i for i in insts if not i.box_only]
+    if len(kept) < len(insts):
+        counts["box_only"] += len(insts) - len(kept)
+        log.warning(
+            "%d box-only annotations (\"segmentation\": []) have no mask to train on: dropped "
+            "(first: image %d, annotation %d)",
+            len(insts) - len(kept),
+            next(i.image_id for i in insts if i.box_only),
+            next(i.ann_id for i in insts if i.box_only),
+        )
+    return kept
+
+
+def _top_level(path: str, data: dict, training: bool) -> tuple[list, list]:
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise AnnotationError(f"{path}: needs an 'images' list")
+    anns = data.get("annotations", None if training else [])
+    if not isinstance(anns, list):
+        raise AnnotationError(f"{path}: needs an 'annotations' list")
+    return images, anns
+
+
 def parse_coco_json(
     path: str,
     *,
@@ -400,155 +627,57 @@ def parse_coco_json(
     """Reads and validates `path`; returns one record per valid image, sorted by image id.
 
     training: crowd annotations are dropped (counted) and "annotations" must exist; otherwise
-      annotations are only validated (evaluation reads the file itself) and records carry no
-      instances. with_masks: segmentations are required, checked and kept.
-    ids_as_labels: label = category id (else 1..K over the sorted category ids).
+      the records carry no instances and `instances` holds every accepted annotation (crowds
+      included) for the evaluation ground truth (`coco_gt`). with_masks: segmentations are
+      required, checked and kept. ids_as_labels: label = category id (else 1..K over the
+      sorted category ids).
     Raises AnnotationError (see the module docstring for what is an error and what a skip).
     """
-    if on_bad not in ("fail", "skip"):
-        raise ValueError(f"on_bad must be 'fail' or 'skip', got {on_bad!r}")
+    bad = _BadRecords(path, on_bad)
     data = _read_json(path)
     categories = _read_categories(path, data)
+    images, anns = _top_level(path, data, training)
+    image_info, bad_ids = _read_images(images, bad)
+    ctx = _AnnContext(
+        image_info, bad_ids, frozenset(c for c, _ in categories), training, with_masks, bad.counts
+    )
+    insts = _read_annotations(anns, ctx, bad)
+    if training and with_masks:
+        insts = _drop_box_only(insts, bad.counts)
     cat_to_label = {cid: (cid if ids_as_labels else i + 1) for i, (cid, _) in enumerate(categories)}
-    images = data.get("images")
-    if not isinstance(images, list):
-        raise AnnotationError(f"{path}: needs an 'images' list")
-    anns = data.get("annotations", None if training else [])
-    if not isinstance(anns, list):
-        raise AnnotationError(f"{path}: needs an 'annotations' list")
-
-    counts: collections.Counter = collections.Counter()
-    logged: collections.Counter = collections.Counter()
-
-    def bad(kind: str, where: str, why: str) -> None:
-        msg = f"{path}: {where}: {why}"
-        if on_bad == "fail":
-            raise AnnotationError(
-                msg + " (set --config.data.on_bad_annotation=skip to drop such records)"
-            )
-        counts[kind] += 1
-        if logged[kind] < _LOGGED_PER_KIND:
-            logged[kind] += 1
-            log.warning("skipping a bad record: %s", msg)
-
-    image_info: dict[int, tuple[str, int, int]] = {}
-    bad_image_ids: set[int] = set()
-    for img in images:
-        try:
-            iid, name, h, w = _check_image(img)
-            if iid in image_info or iid in bad_image_ids:
-                raise _Bad(f"image id {iid} appears twice")
-        except _Bad as e:
-            where = f"image {img.get('id')!r}" if isinstance(img, dict) else "image record"
-            bad("bad_image_record", where, str(e))
-            if isinstance(img, dict) and _is_int(img.get("id")):
-                bad_image_ids.add(img["id"])
-                image_info.pop(img["id"], None)
-            continue
-        image_info[iid] = (name, h, w)
-
-    # One entry per valid annotation: [iid, aid, x1, y1, x2, y2, label, cid, segm, empty box];
-    # polygon segmentations are an index into `polys` until they are checked in one batch.
-    insts: list[list] = []
-    polys = _PolygonChecks()
-    seen_ann_ids: set[int] = set()
-    required = ("id", "image_id", "category_id", "bbox")
-    for ann in anns:
-        aid = ann.get("id") if isinstance(ann, dict) else None
-        iid = ann.get("image_id") if isinstance(ann, dict) else None
-        where = f"image {iid!r}, annotation {aid!r}"
-        try:
-            if not isinstance(ann, dict):
-                raise _Bad(f"annotation record is not an object: {_short(ann)}")
-            missing = [k for k in required if k not in ann]
-            crowd = ann.get("iscrowd", 0)
-            if crowd not in (0, 1, True, False):
-                raise _Bad(f"iscrowd must be 0 or 1, got {_short(crowd)}")
-            crowd = bool(crowd)
-            if with_masks and not crowd and "segmentation" not in ann:
-                missing.append("segmentation")
-            if missing:
-                raise _Bad(f"missing keys {missing}")
-            if not _is_int(aid):
-                raise _Bad(f"annotation id must be an integer, got {_short(aid)}")
-            if aid in seen_ann_ids:
-                raise _Bad(f"annotation id {aid} appears twice")
-            seen_ann_ids.add(aid)
-            if not _is_int(iid):
-                raise _Bad(f"image_id must be an integer, got {_short(iid)}")
-            if iid in bad_image_ids:
-                counts["dropped_with_image"] += 1
-                continue
-            if iid not in image_info:
-                raise _Bad(f"image_id {iid} is not in 'images'")
-            cid = ann["category_id"]
-            if not _is_int(cid) or cid not in cat_to_label:
-                raise _Bad(f"category_id {_short(cid)} is not in 'categories'")
-            if crowd and training:
-                counts["crowd"] += 1
-                continue
-            _, h, w = image_info[iid]
-            x, y, bw, bh = _check_box(ann["bbox"])
-            segm: Any = None
-            if with_masks and not crowd:
-                seg = ann["segmentation"]
-                if isinstance(seg, list):
-                    segm = polys.add(seg, h, w)
-                elif isinstance(seg, dict):
-                    segm = _check_rle(seg, h, w)
-                else:
-                    raise _Bad(f"segmentation must be polygons or RLE, got {_short(seg)}")
-        except _Bad as e:
-            bad("bad_annotation", where, str(e))
-            continue
-        x1, y1 = max(x, 0.0), max(y, 0.0)
-        x2, y2 = min(x + bw, float(w)), min(y + bh, float(h))
-        zero = bw <= 0 or bh <= 0 or x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE
-        # Kept even when the box is empty: its polygon is still checked before the drop.
-        insts.append([iid, aid, x1, y1, x2, y2, cat_to_label[cid], cid, segm, zero])
-
-    checked = polys.run(counts) if polys.items else []
-    per_image: dict[int, list[tuple]] = collections.defaultdict(list)
-    for iid, aid, x1, y1, x2, y2, label, cid, segm, zero in insts:
-        if isinstance(segm, int):
-            segm = checked[segm]
-            if isinstance(segm, str):
-                bad("bad_annotation", f"image {iid!r}, annotation {aid!r}", segm)
-                continue
-        if zero:
-            counts["zero_size_box"] += 1
-            continue
-        if training:
-            per_image[iid].append((x1, y1, x2, y2, label, cid, segm))
-
-    records = []
-    for iid in sorted(image_info):
-        name, h, w = image_info[iid]
-        records.append(_make_record(iid, name, h, w, per_image.get(iid, []), with_masks))
-    if counts:
-        log.info("%s: %d images; dropped or skipped: %s", path, len(records), dict(counts))
-    return ParsedAnnotations(records, categories, counts)
+    per_image: dict[int, list[Instance]] = collections.defaultdict(list)
+    if training:
+        for inst in insts:
+            per_image[inst.image_id].append(inst)
+    records = [
+        _make_record(iid, image_info[iid], per_image.get(iid, []), cat_to_label, with_masks)
+        for iid in sorted(image_info)
+    ]
+    if bad.counts:
+        log.info("%s: %d images; dropped or skipped: %s", path, len(records), dict(bad.counts))
+    return ParsedAnnotations(
+        records, categories, bad.counts, [] if training else insts, with_masks
+    )
 
 
 def _make_record(
-    iid: int, name: str, h: int, w: int, insts: list[tuple], with_masks: bool
+    iid: int, img: _ImageInfo, insts: list[Instance], cat_to_label: dict, with_masks: bool
 ) -> ImageRecord:
     n = len(insts)
-    boxes = np.array([i[:4] for i in insts], dtype=np.float32).reshape(n, 4)
-    labels = np.array([i[4] for i in insts], dtype=np.int64)
-    cids = np.array([i[5] for i in insts], dtype=np.int64)
-    rec = ImageRecord(iid, name, h, w, boxes, labels, cids)
+    boxes = np.array([i.box for i in insts], dtype=np.float32).reshape(n, 4)
+    labels = np.array([cat_to_label[i.category_id] for i in insts], dtype=np.int64)
+    cids = np.array([i.category_id for i in insts], dtype=np.int64)
+    rec = ImageRecord(iid, img.file_name, img.height, img.width, boxes, labels, cids)
     if with_masks:
         coords, lens, parts, rles = [], [], [], []
         for inst in insts:
-            segm = inst[6]
-            if isinstance(segm, bytes):
+            if isinstance(inst.segm, bytes):
                 parts.append(0)
-                rles.append(segm)
+                rles.append(inst.segm)
             else:
-                parts.append(len(segm))
-                lens.extend(len(p) for p in segm)
-                coords.extend(segm)
+                parts.append(len(inst.segm))
+                lens.extend(len(p) for p in inst.segm)
+                coords.extend(inst.segm)
                 rles.append(None)
         rec.poly_coords = (np.concatenate(coords) if coords else np.zeros(0)).astype(np.float32)
         rec.poly_part_lens = np.array(lens, dtype=np.int32)

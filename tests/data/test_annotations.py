@@ -106,7 +106,9 @@ def test_valid_file_records_and_contiguous_labels(tmp_path):
         (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5]]), "odd number"),
         (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, "x", 5, 6]]), "numbers"),
         (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5, 1e9]]), "far outside"),
-        (lambda d: d["annotations"][0].update(segmentation=[]), "empty list"),
+        (lambda d: d["annotations"][0].update(segmentation=[[]]), "fewer than 3 points"),
+        (lambda d: d["annotations"][0].update(area=float("nan")), "area must be a finite"),
+        (lambda d: d["annotations"][0].update(area="12"), "area must be a finite"),
         (lambda d: d["annotations"][0].update(segmentation="abc"), "polygons or RLE"),
         (
             lambda d: d["annotations"][0].update(segmentation={"size": [H, W + 1], "counts": "0"}),
