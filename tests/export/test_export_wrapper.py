@@ -1,0 +1,38 @@
+"""The eager DeployModel equals the ordinary inference path (data pipeline + model + pasting)."""
+
+import torch
+
+from mrcnn.data.collate import collate_images
+from mrcnn.data.transforms import preprocess
+from mrcnn.export.wrapper import DeployModel
+from mrcnn.modeling.postprocess import detections_to_original
+from tests.export.conftest import make_images
+
+
+def ordinary(model, config, images):
+    """What --mode=eval/predict compute for one batch: transforms.preprocess, collate_images,
+    model(ImageBatch), detections_to_original per image."""
+    pre = [preprocess(im, config.input, train=False) for im in images]
+    batch = collate_images([x for x, _ in pre], config.input.size_divisibility)
+    with torch.inference_mode():
+        dets = model(batch)
+    return [detections_to_original(d, info.size, info.orig_size) for d, (_, info) in zip(dets, pre)]
+
+
+def test_deploy_model_equals_ordinary_inference(tiny_model, tiny_config):
+    wrapper = DeployModel(tiny_model, tiny_config.input).eval()
+    # Sizes whose padding stays under 41% of the resized height: there torchvision's inferred
+    # pooler scales are the levels' true ones (DeployModel.pool).
+    for size, batch in (((64, 64), 1), ((60, 80), 3), ((80, 56), 2)):
+        images = make_images([size] * batch, seed=batch)
+        with torch.inference_mode():
+            boxes, scores, labels, img, masks = wrapper(torch.stack(images))
+        want = ordinary(tiny_model, tiny_config, images)
+        assert sum(len(d.scores) for d in want) > 0
+        for i, det in enumerate(want):
+            sel = img == i
+            assert torch.equal(boxes[sel], det.boxes)
+            assert torch.equal(scores[sel], det.scores)
+            assert torch.equal(labels[sel], det.labels)
+            assert torch.equal(masks[sel], det.masks)
+            assert masks.shape[-2:] == size
