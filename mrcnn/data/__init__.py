@@ -16,6 +16,7 @@ from mrcnn.data.catalog import (
     data_root,
     ensure_shapes_dataset,
 )
+from mrcnn.data.coco_gt import coco_api, coco_gt
 from mrcnn.data.collate import collate_images
 from mrcnn.data.image_io import ImageError, load_image
 from mrcnn.data.loaders import build_test_loader, build_train_loader, iters_per_epoch
@@ -31,6 +32,8 @@ __all__ = [
     "ScaleInfo",
     "build_test_loader",
     "build_train_loader",
+    "coco_api",
+    "coco_gt",
     "collate_images",
     "data_root",
     "ensure_shapes_dataset",

@@ -192,8 +192,9 @@ class CocoTestDataset(torch.utils.data.Dataset):
     A sample is a dict: image (normalized float32 [3, h, w]), info (ImageInfo), skipped ([]).
     An unreadable image raises ImageError, or with `on_bad_image="skip"` gives a sample with
     image None and its path in skipped (the collate leaves it out).
-    Attributes: img_dir, ann_file (the COCO json for pycocotools), image_ids (the ids this
-    dataset covers: evaluate on exactly these), meta, bad_counts.
+    Attributes: img_dir, ann_file, parsed (the validated ParsedAnnotations: `coco_gt(dataset)`
+    builds the evaluation ground truth from it; never give pycocotools the raw file), image_ids
+    (the ids this dataset covers: evaluate on exactly these), meta, bad_counts.
     """
 
     def __init__(
@@ -218,6 +219,9 @@ class CocoTestDataset(torch.utils.data.Dataset):
             ids_as_labels=ids_as_labels,
         )
         records = parsed.records[:num_images] if num_images and num_images > 0 else parsed.records
+        # What the evaluation ground truth is built from (`coco_gt`): the validated records,
+        # never the raw file.
+        self.parsed = parsed
         self.meta: DatasetMeta = meta_from_categories(parsed.categories, ids_as_labels)
         self.bad_counts: dict[str, int] = dict(parsed.counts)
         self.bad_counts.setdefault("bad_image", 0)
