@@ -20,18 +20,30 @@ from mrcnn.data.coco_gt import coco_api, coco_gt
 from mrcnn.data.collate import collate_images
 from mrcnn.data.image_io import ImageError, load_image
 from mrcnn.data.loaders import build_test_loader, build_train_loader, iters_per_epoch
-from mrcnn.data.meta import DatasetMeta, get_dataset_meta
+from mrcnn.data.meta import (
+    CategoryMatch,
+    CategoryTable,
+    CategoryTableError,
+    DatasetMeta,
+    category_table,
+    get_dataset_meta,
+    match_categories,
+)
 from mrcnn.data.transforms import ScaleInfo, preprocess
 
 __all__ = [
     "AnnotationError",
     "COCO_CATEGORIES",
+    "CategoryMatch",
+    "CategoryTable",
+    "CategoryTableError",
     "DatasetMeta",
     "DatasetMissingError",
     "ImageError",
     "ScaleInfo",
     "build_test_loader",
     "build_train_loader",
+    "category_table",
     "coco_api",
     "coco_gt",
     "collate_images",
@@ -40,5 +52,6 @@ __all__ = [
     "get_dataset_meta",
     "iters_per_epoch",
     "load_image",
+    "match_categories",
     "preprocess",
 ]

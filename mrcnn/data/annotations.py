@@ -385,7 +385,31 @@ def _read_categories(path: str, data: dict) -> list[tuple[int, str]]:
             raise AnnotationError(f"{path}: category id {c['id']} appears twice")
         name = c.get("name")
         out[c["id"]] = name if isinstance(name, str) else str(c["id"])
+    for cid in _group_categories(data, cats, out):
+        log.warning(
+            "%s: category %d (%r) is only the supercategory of others and no annotation uses "
+            "it (as Roboflow exports write): not a class",
+            path,
+            cid,
+            out.pop(cid),
+        )
     return sorted(out.items())
+
+
+def _group_categories(data: dict, cats: list[dict], names: dict[int, str]) -> list[int]:
+    """Ids of categories that name a group, not a class: the supercategory of other categories
+    and used by no annotation (Roboflow writes one such, id 0, above the real classes)."""
+    group_names = {
+        c.get("supercategory")
+        for c in cats
+        if isinstance(c.get("supercategory"), str) and c.get("supercategory") != c.get("name")
+    }
+    anns = data.get("annotations")
+    anns = anns if isinstance(anns, list) else []
+    used_ids = (a.get("category_id") for a in anns if isinstance(a, dict))
+    used = {c for c in used_ids if _is_int(c)}  # only well-formed (hashable) ids can match
+    drop = [cid for cid, n in names.items() if n in group_names and cid not in used]
+    return drop if len(drop) < len(names) else []
 
 
 def read_categories(path: str) -> list[tuple[int, str]]:

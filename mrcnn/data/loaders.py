@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, Subset
 from mrcnn.data import catalog
 from mrcnn.data.coco import CocoTestDataset, CocoTrainDataset
 from mrcnn.data.collate import collate_test, collate_train
-from mrcnn.data.meta import DatasetMeta
 from mrcnn.data.samplers import TrainBatchSampler, TrainSchedule, shard_range
 from mrcnn.structures import Batch
 
@@ -29,20 +28,6 @@ def iters_per_epoch(config: ml_collections.ConfigDict, dataset_len: int) -> int:
 
 def _pin(config: ml_collections.ConfigDict) -> bool:
     return torch.cuda.is_available() and config.device != "cpu"
-
-
-def _check_num_classes(config: ml_collections.ConfigDict, meta: DatasetMeta, where: str) -> None:
-    need = meta.num_classes
-    have = int(config.model.num_classes)
-    if have < need:
-        from mrcnn.config_check import ConfigError  # a ValueError: a config the data cannot use
-
-        raise ConfigError(
-            f"config.model.num_classes={have} but {where} has labels up to {need - 1} "
-            f"({len(meta.category_ids)} categories): set --config.model.num_classes={need}"
-        )
-    if have > need:
-        log.warning("config.model.num_classes=%d but %s needs only %d", have, where, need)
 
 
 class TrainLoader:
@@ -106,7 +91,7 @@ def build_train_loader(
         ids_as_labels=config.data.category_ids_as_labels,
         with_masks=config.model.mask_on,
     )
-    _check_num_classes(config, dataset.meta, ann_file)
+    dataset.meta.check_num_classes(config.model.num_classes)
     groups = (
         dataset.group_ids if config.data.aspect_ratio_grouping else np.zeros(len(dataset), np.int64)
     )
