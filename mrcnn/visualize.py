@@ -118,12 +118,15 @@ def draw_instances(
     *,
     alpha: float = 0.45,
     box_width: int = 2,
+    font: str | None = None,
+    font_size: int | None = None,
 ) -> Tensor:
     """Any instances (ground truth, marked detections) drawn like `draw_detections`.
 
     image: uint8 [3, H, W]; boxes: float [K, 4] xyxy in its pixels; colors: K RGB triples;
     texts: K labels (None: no text); masks: bool/uint8 [K, H, W] or None. Later instances are
-    drawn over earlier ones. Returns a new uint8 [3, H, W] tensor.
+    drawn over earlier ones. font: a TrueType file for the texts at font_size (None: PIL's
+    small bitmap font). Returns a new uint8 [3, H, W] tensor.
     """
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(
@@ -146,6 +149,7 @@ def draw_instances(
         out = draw_bounding_boxes(
             out, boxes, labels=list(texts) if texts is not None else None,
             colors=list(colors), width=box_width, fill_labels=texts is not None,
+            font=font, font_size=font_size if font else None,
         )
     return out
 

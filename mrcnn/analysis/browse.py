@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
+from mrcnn.analysis.plots import font_path
 from mrcnn.analysis.sources import write_file
 from mrcnn.data import annotations as ann_lib
 from mrcnn.visualize import (class_color, contact_sheet, draw_instances, enlarge, save_png,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 CROWD_COLOR = (150, 150, 150)
 SKIPPED_COLOR = (230, 30, 30)
 MIN_SIDE = 384
+LABEL_FONT = {"font": font_path(), "font_size": 14}
 
 
 def annotation_verdict(path: str, image: dict, ann: Any, categories: list,
@@ -129,7 +131,7 @@ def draw_original(image: torch.Tensor, rec: ann_lib.ImageRecord | None, raw: lis
         masks = torch.cat([kept, _raw_masks([a for _, a, _ in marked], h, w)])
         masks = masks.repeat_interleave(s, 1).repeat_interleave(s, 2) if s > 1 else masks
     box_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) * s
-    return draw_instances(big, box_t, colors, texts, masks)
+    return draw_instances(big, box_t, colors, texts, masks, **LABEL_FONT)
 
 
 def denormalize(x: torch.Tensor, input_cfg: ml_collections.ConfigDict) -> torch.Tensor:
@@ -162,7 +164,7 @@ def draw_augmented(sample: dict, input_cfg, names) -> torch.Tensor:
         m = m.repeat_interleave(s, 1).repeat_interleave(s, 2) if s > 1 else m
     labels = t.labels.tolist()
     return draw_instances(big, t.boxes * s, [class_color(lab) for lab in labels],
-                          [names(lab) for lab in labels], m)
+                          [names(lab) for lab in labels], m, **LABEL_FONT)
 
 
 def pick(records: list[ann_lib.ImageRecord], wanted, num: int, seed: int) -> list[int]:

@@ -67,7 +67,7 @@ def _loss_keys(runs: Sequence[dict]) -> list[str]:
 
 def _grid(n: int, cols: int = 3):
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plots.figure(rows, min(cols, max(n, 1)), cell=(4.4, 3.0), layout="constrained")
+    fig, axes = plots.figure(rows, min(cols, max(n, 1)), cell=(4.0, 2.6), layout="constrained")
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -105,7 +105,7 @@ def plot_schedule(runs: Sequence[dict], labels: Sequence[str], path: str) -> str
             if any(k in r and np.nanmax(np.abs(r[k][1])) > 0 for r in runs)]
     if not keys:
         return None
-    fig, axes = _grid(len(keys))
+    fig, axes = _grid(len(keys), cols=2)
     for ax, (key, title) in zip(axes, keys):
         for i, (run, label) in enumerate(zip(runs, labels)):
             if key in run:

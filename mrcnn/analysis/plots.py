@@ -44,3 +44,14 @@ def save(fig, path: str) -> str:
     plt.close(fig)
     write_file(path, buf.getvalue())
     return path
+
+
+def font_path() -> str | None:
+    """matplotlib's own DejaVu Sans (always installed with it): box labels in the drawings
+    at a readable size instead of PIL's 11-pixel bitmap font."""
+    from matplotlib import font_manager
+
+    try:
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    except Exception:  # a broken font cache: the bitmap font still works
+        return None

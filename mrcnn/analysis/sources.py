@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+from types import SimpleNamespace
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,15 +69,63 @@ def pick_evaluation(workdir: str, eval_dir: str = "") -> Evaluation | None:
     return evals[-1] if evals else None
 
 
-def val_dataset(config: ml_collections.ConfigDict) -> tuple[str, str]:
-    """(img_dir, ann_file) of `config.data.val` (a shapes dataset is generated if missing)."""
-    from mrcnn.data import catalog
+@dataclasses.dataclass
+class GroundTruth:
+    """The evaluated dataset: img_dir, ann_file, image_ids (the images the evaluation covered:
+    all, or the first `eval.num_images` by id, as the test dataset takes them) and, per task,
+    the ground truth the evaluation scored against (`coco(task)`)."""
 
-    return catalog.require_dataset(config, config.data.val)
+    img_dir: str
+    ann_file: str
+    image_ids: list[int]
+    parsed: Any
+    supercategories: dict[int, str]
+    _cache: dict = dataclasses.field(default_factory=dict)
+
+    def coco(self, task: str) -> COCO:
+        """`mrcnn.data.coco_gt` of the validated records (pycocotools never reads the raw
+        file), with the file's supercategories, which the error breakdown's "Sim" needs."""
+        if task not in self._cache:
+            from mrcnn.data import coco_api, coco_gt
+
+            d = coco_gt(SimpleNamespace(parsed=self.parsed, image_ids=self.image_ids), task)
+            for c in d["categories"]:
+                if c["id"] in self.supercategories:
+                    c["supercategory"] = self.supercategories[c["id"]]
+            self._cache[task] = coco_api(d)
+        return self._cache[task]
+
+
+def _supercategories(ann_file: str) -> dict[int, str]:
+    """Category id -> supercategory from the file, best effort (the parser does not keep it;
+    without it "Sim" equals "Loc")."""
+    try:
+        with open(ann_file, "rb") as f:
+            cats = json.load(f).get("categories") or []
+        return {c["id"]: str(c["supercategory"]) for c in cats
+                if isinstance(c, dict) and isinstance(c.get("id"), int) and c.get("supercategory")}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def ground_truth(config: ml_collections.ConfigDict) -> GroundTruth:
+    """The ground truth of `config.data.val` (a shapes dataset is generated if missing), parsed
+    and validated as the evaluation does (`data.on_bad_annotation`)."""
+    from mrcnn.data import annotations, catalog
+
+    img_dir, ann_file = catalog.require_dataset(config, config.data.val)
+    parsed = annotations.parse_coco_json(
+        ann_file, on_bad=config.data.on_bad_annotation, training=False,
+        with_masks=bool(config.model.mask_on),
+        ids_as_labels=bool(config.data.category_ids_as_labels))
+    ids = sorted(r.image_id for r in parsed.records)
+    n = int(config.eval.num_images)
+    ids = ids[:n] if n > 0 else ids
+    return GroundTruth(img_dir, ann_file, ids, parsed, _supercategories(ann_file))
 
 
 def load_gt(ann_file: str) -> COCO:
-    """The ground truth as pycocotools reads it (the file the evaluation was scored against)."""
+    """pycocotools reading a (trusted) annotation file itself: for tests and tools."""
     with contextlib.redirect_stdout(io.StringIO()):  # "loading annotations into memory..."
         return COCO(ann_file)
 
@@ -87,13 +136,6 @@ def load_results(path: str) -> list[dict[str, Any]]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a list of COCO results records")
     return records
-
-
-def evaluated_image_ids(gt: COCO, num_images: int = 0) -> list[int]:
-    """The images the evaluation covered: all, or the first `eval.num_images` by id (the test
-    dataset's order)."""
-    ids = sorted(int(i) for i in gt.getImgIds())
-    return ids[:num_images] if num_images and num_images > 0 else ids
 
 
 def results_coco(gt: COCO, results: list[dict[str, Any]]) -> COCO:

@@ -12,12 +12,14 @@ import torch
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
+from mrcnn.analysis import plots
 from mrcnn.analysis.sources import results_coco, run_cocoeval
 from mrcnn.visualize import class_color, draw_instances, enlarge, save_png, side_by_side, with_caption
 
 # Small images (the shapes demo is 128 px) are enlarged to about this long side before
 # drawing, so box labels stay readable.
 MIN_SIDE = 384
+LABEL_FONT = {"font": plots.font_path(), "font_size": 14}
 MISSED = " MISSED"
 FALSE_POS = " FP"
 
@@ -90,10 +92,10 @@ def draw_image(gt: COCO, dt: COCO, image: torch.Tensor, image_id: int, err: dict
                 + (FALSE_POS if a["id"] in fps else "") for a in dts]
     left = draw_instances(image, _boxes(gts, s), [class_color(label.get(a["category_id"], 0))
                                                 for a in gts], gt_texts,
-                          _masks(gt, gts, h, w) if with_masks else None)
+                          _masks(gt, gts, h, w) if with_masks else None, **LABEL_FONT)
     right = draw_instances(image, _boxes(dts, s), [class_color(label.get(a["category_id"], 0))
                                                  for a in dts], dt_texts,
-                           _masks(dt, dts, h, w) if with_masks else None)
+                           _masks(dt, dts, h, w) if with_masks else None, **LABEL_FONT)
     return side_by_side([with_caption(left, ["ground truth"]),
                          with_caption(right, ["predictions"])])
 
@@ -119,8 +121,6 @@ def draw_worst(gt: COCO, results: list[dict], iou_type: str, image_ids, img_dir:
             continue
         drawn = draw_image(gt, dt, image, image_id, errors[image_id], names,
                            with_masks=iou_type == "segm")
-        drawn = with_caption(drawn, [f"image {image_id} ({info['file_name']}): "
-                                     f"{fp} false positives, {fn} missed"])
         entry["png"] = save_png(drawn, os.path.join(out_dir, f"{image_id}.png"))
         listed.append(entry)
     return listed
