@@ -51,6 +51,10 @@ class AnnotationError(ValueError):
     """A malformed annotation file or record; the message names the file and, for a record, the
     image id and annotation id."""
 
+    def __reduce__(self):
+        # Rebuilt from its one-line message (it crosses from loader workers intact).
+        return (type(self), (str(self),))
+
 
 @dataclasses.dataclass
 class ImageRecord:

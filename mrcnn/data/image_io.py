@@ -22,6 +22,11 @@ class ImageError(OSError):
         """The same error, naming the dataset's image id too."""
         return ImageError(self.path, f"{self.why} (image id {image_id})")
 
+    def __reduce__(self):
+        # The default rebuilds from the message alone, which __init__ cannot take: without
+        # this the error could not cross from a loader worker to the main process.
+        return (type(self), (self.path, self.why))
+
 
 def _wide_to_uint8(img: Image.Image) -> np.ndarray:
     """16-bit (or 32-bit integer) grayscale -> uint8 [H, W, 3], mapping 0..65535 to 0..255."""

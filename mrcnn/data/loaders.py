@@ -2,23 +2,68 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mrcnn.data import catalog
+from mrcnn.data.annotations import AnnotationError
+from mrcnn.data.image_io import ImageError
+from mrcnn.data.meta import CategoryTableError
 from mrcnn.data.coco import CocoTestDataset, CocoTrainDataset
 from mrcnn.data.collate import collate_test, collate_train
 from mrcnn.data.samplers import TrainBatchSampler, TrainSchedule, shard_range
 from mrcnn.structures import Batch
 
 log = logging.getLogger(__name__)
+
+
+# Bad-input errors raised while loading a sample. In a worker process they travel to the main
+# process as values and are raised there as themselves: the DataLoader's own re-raise rebuilds
+# an error from its traceback text (a multi-line message, or a RuntimeError when the class
+# cannot take one string), which would turn the one-line message into a traceback.
+_USER_ERRORS = (AnnotationError, ImageError, catalog.DatasetMissingError, CategoryTableError)
+
+
+@dataclasses.dataclass
+class _Failed:
+    """A sample (or batch) that raised one of _USER_ERRORS."""
+
+    error: BaseException
+
+
+class _CarryErrors(Dataset):
+    """`dataset` whose bad-input errors are returned as `_Failed` instead of raised."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.dataset[key]
+        except _USER_ERRORS as e:
+            return _Failed(e)
+
+
+def _collate_or_fail(samples: list, collate: Callable, size_divisibility: int) -> Any:
+    failed = next((s for s in samples if isinstance(s, _Failed)), None)
+    return failed if failed is not None else collate(samples, size_divisibility=size_divisibility)
+
+
+def _raise_failed(item: Any) -> Any:
+    if isinstance(item, _Failed):
+        raise item.error from None
+    return item
 
 
 def iters_per_epoch(config: ml_collections.ConfigDict, dataset_len: int) -> int:
@@ -55,7 +100,7 @@ class TrainLoader:
     def __next__(self) -> Batch:
         if self._it is None:
             self._it = iter(self.loader)
-        batch, skipped = next(self._it)
+        batch, skipped = _raise_failed(next(self._it))
         if skipped:
             self.dataset.bad_counts["bad_image"] = self.dataset.bad_counts.get(
                 "bad_image", 0
@@ -99,11 +144,13 @@ def build_train_loader(
     sampler = TrainBatchSampler(schedule, start_iter, s.accumulate_steps, rank, world_size)
     workers = int(config.data.num_workers)
     loader = DataLoader(
-        dataset,
+        _CarryErrors(dataset),
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=functools.partial(
-            collate_train, size_divisibility=config.input.size_divisibility
+            _collate_or_fail,
+            collate=collate_train,
+            size_divisibility=config.input.size_divisibility,
         ),
         pin_memory=_pin(config),
         # No persistent_workers: the sampler is infinite, so iter() runs once; without them,
@@ -139,7 +186,8 @@ class TestLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch, skipped in self.loader:
+        for item in self.loader:
+            batch, skipped = _raise_failed(item)
             if skipped:
                 self.dataset.bad_counts["bad_image"] = self.dataset.bad_counts.get(
                     "bad_image", 0
@@ -176,12 +224,14 @@ def build_test_loader(
     )
     shard = shard_range(len(dataset), rank, world_size)
     loader = DataLoader(
-        Subset(dataset, list(shard)),
+        _CarryErrors(Subset(dataset, list(shard))),
         batch_size=max(1, int(config.test.ims_per_batch) // world_size),  # global, as the seed
         shuffle=False,
         num_workers=int(config.data.num_workers),
         collate_fn=functools.partial(
-            collate_test, size_divisibility=config.input.size_divisibility
+            _collate_or_fail,
+            collate=collate_test,
+            size_divisibility=config.input.size_divisibility,
         ),
         pin_memory=_pin(config),
         # Creating an iterator draws a worker seed; from its own generator, an evaluation in
