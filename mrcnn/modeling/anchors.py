@@ -88,7 +88,7 @@ class AnchorCache:
         with torch.inference_mode(False):
             anchors = [
                 # (y, x, anchor) order, cell centres at (x * sx, y * sy): torchvision's layout.
-                ops.grid_anchors(c.to(device), g[0], g[1], st)
+                ops.grid_anchors(c.to(device, non_blocking=True), g[0], g[1], st)
                 for c, g, st in zip(self.cells, grid_sizes, strides)
             ]
         if len(self._cache) >= self.max_entries:

@@ -52,22 +52,40 @@ def fastrcnn_loss(
     beta: float = 1.0 / 9,
 ) -> tuple[Tensor, Tensor]:
     """class_logits [R, C], box_regression [R, C * 4] (class-specific), labels int64 [R]
-    (0 background), regression_targets [R, 4] -> (loss_classifier, loss_box_reg) float32."""
+    (0 background, -1 an unused slot of fixed-size sampling: it counts nowhere),
+    regression_targets [R, 4] -> (loss_classifier, loss_box_reg) float32.
+
+    Over the used rows U: cross-entropy averaged over U, smooth-L1 of the positives divided by
+    |U|, torchvision's losses on the used rows alone (masked sums instead of a compaction).
+    """
     r = labels.shape[0]
     if r == 0:
         zero = class_logits.float().sum() * 0 + box_regression.float().sum() * 0
         return zero, zero
-    loss_cls = F.cross_entropy(class_logits.float(), labels)
+    used = labels >= 0
+    num = used.sum().clamp(min=1).float()
+    safe = labels.clamp(min=0)
+    ce = F.cross_entropy(class_logits.float(), safe, reduction="none")
+    loss_cls = torch.where(used, ce, torch.zeros_like(ce)).sum() / num
     reg = box_regression.reshape(r, -1, 4)
-    pred = torch.gather(reg, 1, labels.clamp(min=0)[:, None, None].expand(r, 1, 4))[:, 0]
-    loss_box = _masked_smooth_l1(pred, regression_targets, labels > 0, beta) / r
+    pred = torch.gather(reg, 1, safe[:, None, None].expand(r, 1, 4))[:, 0]
+    loss_box = _masked_smooth_l1(pred, regression_targets, labels > 0, beta) / num
     return loss_cls, loss_box
 
 
-def mask_loss(mask_logits: Tensor, mask_targets: Tensor) -> Tensor:
+def mask_loss(mask_logits: Tensor, mask_targets: Tensor, valid: Tensor | None = None) -> Tensor:
     """mask_logits [P, M, M] of the positive RoIs, each of its gt class (`select_class` of the
-    full [P, C, M, M] logits), mask_targets [P, M, M] in [0, 1] -> loss_mask float32 (0, with
-    a gradient, when P == 0)."""
+    full [P, C, M, M] logits), mask_targets [P, M, M] in [0, 1], valid bool [P] (None: all;
+    False rows are unused slots of fixed-size sampling) -> loss_mask float32: the binary
+    cross-entropy averaged over the valid rows' pixels (0, with a gradient, when there is
+    none)."""
     if mask_targets.shape[0] == 0:
         return mask_logits.float().sum() * 0
-    return F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets.float())
+    if valid is None:
+        return F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets.float())
+    bce = F.binary_cross_entropy_with_logits(
+        mask_logits.float(), mask_targets.float(), reduction="none"
+    )
+    keep = valid[:, None, None]
+    pixels = valid.sum().clamp(min=1).float() * (bce.shape[1] * bce.shape[2])
+    return torch.where(keep, bce, torch.zeros_like(bce)).sum() / pixels

@@ -26,7 +26,7 @@ from mrcnn.modeling.postprocess import box_detections
 from mrcnn.modeling.rpn import RPNHead, flatten_outputs, select_proposals
 from mrcnn.modeling.rpn_sampled import head_at_anchors, select_sampled
 from mrcnn.modeling.sampling import sample_pos_neg
-from mrcnn.modeling.targets import pad_gt, roi_targets, rpn_targets
+from mrcnn.modeling.targets import first_k, pad_gt, roi_targets, rpn_targets
 from mrcnn.structures import Detections, ImageBatch, Targets
 
 C4_BODY_STRIDE = 16  # res4
@@ -238,6 +238,7 @@ class MaskRCNN(nn.Module):
         loss_obj, loss_rpn_box = rpn_loss(
             objectness, rpn_deltas, reg_targets, pos, neg, r.smooth_l1_beta
         )
+        losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box}
         s = roi_targets(
             proposals,
             valid,
@@ -249,36 +250,73 @@ class MaskRCNN(nn.Module):
             rh.bbox_reg_weights,
             self.sampling_generator,
         )
-        cls_logits, box_deltas, res5 = self._box_forward(feats, s.boxes, s.batch_idx, image_sizes)
-        loss_cls, loss_box = fastrcnn_loss(
-            cls_logits, box_deltas, s.labels, s.regression_targets, rh.smooth_l1_beta
-        )
-        losses = {
-            "loss_objectness": loss_obj,
-            "loss_rpn_box_reg": loss_rpn_box,
-            "loss_classifier": loss_cls,
-            "loss_box_reg": loss_box,
-        }
-        if self.mask_on:
-            p = torch.nonzero(s.labels > 0).squeeze(1)
-            boxes, bidx = s.boxes[p], s.batch_idx[p]
-            shared = res5[p] if res5 is not None and self._c4_can_share() else None
-            mask_logits = self._mask_logits(feats, boxes, bidx, s.labels[p], image_sizes, shared)
-            mt = mask_targets(
-                boxes,
-                bidx,
-                s.matched_gt[p],
-                [t.masks for t in targets],
-                mask_logits.shape[-1],
-                aligned=bool(self.cfg.roi_heads.aligned),
-            )
-            losses["loss_mask"] = mask_loss(mask_logits, mt)
+        losses.update(self._roi_losses(s, feats, image_sizes, targets))
         return losses
+
+    def _rows_coupled(self) -> bool:
+        """Whether a RoI head normalises over the batch of RoIs (BatchNorm while training):
+        then the unused slots of fixed-size sampling would enter its statistics."""
+        heads = (self.box_head, self.mask_head, self.box_predictor, self.mask_predictor)
+        return any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            for h in heads if h is not None for m in h.modules()
+        )
+
+    def _roi_losses(self, s, feats, image_sizes, targets) -> dict[str, Tensor]:
+        """Box and mask losses of the sampled RoIs `s` (fixed-size slots, targets.RoISamples).
+        The heads run on every slot and the losses mask the unused ones, so no size depends on
+        the device's data; only with BatchNorm in a head are the samples compacted (a sync)."""
+        coupled = self._rows_coupled()
+        if coupled:
+            s = s.take(torch.nonzero(s.valid).squeeze(1), 0)
+        cls_logits, box_deltas, res5 = self._box_forward(feats, s.boxes, s.batch_idx, image_sizes)
+        beta = self.cfg.roi_heads.smooth_l1_beta
+        loss_cls, loss_box = fastrcnn_loss(
+            cls_logits, box_deltas, s.labels, s.regression_targets, beta
+        )
+        losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+        if self.mask_on:
+            losses["loss_mask"] = self._mask_loss(s, res5, feats, image_sizes, targets, coupled)
+        return losses
+
+    def _mask_loss(self, s, res5, feats, image_sizes, targets, compacted: bool) -> Tensor:
+        """loss_mask of the positive samples: per image the first
+        int(batch_size_per_image * positive_fraction) positive slots (the sampler never draws
+        more), with a validity mask; after a compaction, exactly the positives."""
+        for i, t in enumerate(targets):
+            if t.masks is None and t.boxes.shape[0] > 0:
+                raise ValueError(f"image {i} has ground truth but its targets carry no masks")
+        if compacted:
+            p, keep = torch.nonzero(s.labels > 0).squeeze(1), None
+        else:
+            rh = self.cfg.roi_heads
+            b, k = len(image_sizes), s.per_image
+            max_pos = int(rh.batch_size_per_image * rh.positive_fraction)
+            idx, keep = first_k((s.labels > 0).reshape(b, k), max_pos)
+            base = k * torch.arange(b, device=idx.device)[:, None]
+            p, keep = (idx + base).reshape(-1), keep.reshape(-1)
+        boxes, bidx, labels = s.boxes[p], s.batch_idx[p], s.labels[p].clamp(min=0)
+        shared = res5[p] if res5 is not None and self._c4_can_share() else None
+        mask_logits = self._mask_logits(feats, boxes, bidx, labels, image_sizes, shared)
+        mt = mask_targets(
+            boxes,
+            bidx,
+            s.matched_gt[p],
+            [t.masks for t in targets],
+            mask_logits.shape[-1],
+            aligned=bool(self.cfg.roi_heads.aligned),
+            valid=keep,
+        )
+        return mask_loss(mask_logits, mt, keep)
 
     def _detect(self, proposals, valid, feats, image_sizes, image_hw) -> list[Detections]:
         rh = self.cfg.roi_heads
-        bi, pi = torch.nonzero(valid, as_tuple=True)
-        rois = proposals[bi, pi]
+        # Every proposal slot goes through the box head: padding slots get an empty box, which
+        # decodes to empty boxes that box_detections drops (side < 0.01 px) whatever the
+        # scores, so the detections are those of the valid proposals, without a nonzero.
+        b, n = valid.shape
+        rois = torch.where(valid[..., None], proposals, torch.zeros_like(proposals)).reshape(-1, 4)
+        bi = torch.arange(b, device=rois.device)[:, None].expand(b, n).reshape(-1)
         cls_logits, box_deltas, _ = self._box_forward(feats, rois, bi, image_sizes)
         boxes, scores, labels, img = box_detections(
             cls_logits,
@@ -299,7 +337,10 @@ class MaskRCNN(nn.Module):
             else:
                 m = self.mask_resolution
                 masks = boxes.new_zeros((0, 1, m, m))
-        counts = torch.bincount(img, minlength=len(image_sizes)).tolist()
+        # The one read of the device: how many detections each image has (bincount would
+        # read img's maximum first, a second sync).
+        per_image = img[None, :] == torch.arange(len(image_sizes), device=img.device)[:, None]
+        counts = per_image.sum(1).tolist()
         mask_parts = masks.split(counts) if masks is not None else [None] * len(counts)
         parts = zip(boxes.split(counts), scores.split(counts), labels.split(counts), mask_parts)
         return [Detections(*part) for part in parts]

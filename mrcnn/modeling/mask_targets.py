@@ -10,6 +10,8 @@ resampled to M x M.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -19,70 +21,91 @@ import ops
 from mrcnn.structures import InstanceMasks
 
 
-def _segment_arange(lengths: Tensor, total: int) -> Tensor:
-    """[0..l0-1, 0..l1-1, ...] for int64 lengths summing to `total`."""
-    starts = torch.cumsum(lengths, 0) - lengths
-    return torch.arange(total, device=lengths.device) - torch.repeat_interleave(
-        starts, lengths, output_size=total
-    )
+def host_to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device` without a host synchronisation: a blocking copy ends with a
+    stream sync, a non-blocking one from pinned memory does not (the caching host allocator
+    keeps the pinned block until the copy is done)."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
-def flatten_polygons(
-    masks: Sequence[InstanceMasks | None], device: torch.device
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """All instances of a batch as one polygon table (instances numbered image by image).
+@dataclasses.dataclass
+class PolygonTable:
+    """The polygons of a batch's instances (numbered image by image), laid out for fixed-size
+    gathers: each instance's coordinates are contiguous in `coords`.
 
-    Returns coords float32 [T] (x, y interleaved), poly_start int64 [P], poly_len int64 [P]
-    (coordinate ranges of each polygon), inst_first int64 [G], inst_npoly int64 [G] (the
-    polygons of instance g are inst_first[g] .. + inst_npoly[g]; 0 for RLE instances).
+    coords float32 [T] (x, y interleaved, on the device); per instance, on the device, `meta`
+    int64 [G, 2 + max_polys]: coordinate start, coordinate count, then the end (relative to
+    the instance's start) of each of its polygons, padded to max_polys with the count;
+    `image_first` int64 [B + 1] (device) the first instance of each image; host ints
+    max_polys and max_coords (the largest instance) size the gathers.
     """
+
+    coords: Tensor
+    meta: Tensor
+    image_first: Tensor
+    max_polys: int
+    max_coords: int
+
+
+def flatten_polygons(masks: Sequence[InstanceMasks | None], device: torch.device) -> PolygonTable:
+    """All polygons of a batch as one PolygonTable. Everything but the coordinates is host
+    metadata (the polygons' lengths), sent to the device in one non-blocking copy."""
     coords: list[Tensor] = []
-    poly_len: list[int] = []
-    inst_first: list[int] = []
-    inst_npoly: list[int] = []
+    rows: list[list[int]] = []
+    image_first = [0]
+    start = 0
     for m in masks:
-        if m is None:
-            continue
-        for polys in m.polygons:
-            inst_first.append(len(poly_len))
-            inst_npoly.append(len(polys))
-            for p in polys:
-                coords.append(p.reshape(-1))
-                poly_len.append(int(p.numel()))
-    i64 = dict(dtype=torch.int64, device=device)
-    lens = torch.tensor(poly_len, dtype=torch.int64).to(device)
-    return (
+        for polys in [] if m is None else m.polygons:
+            ends = list(itertools.accumulate(int(p.numel()) for p in polys))
+            rows.append([start, ends[-1] if ends else 0] + ends)
+            coords.extend(p.reshape(-1) for p in polys)
+            start += ends[-1] if ends else 0
+        image_first.append(len(rows))
+    max_polys = max([1] + [len(r) - 2 for r in rows])
+    max_coords = max([2] + [r[1] for r in rows])
+    # Pad each instance's polygon ends with its coordinate count (empty trailing polygons).
+    meta = [r + [r[1]] * (max_polys + 2 - len(r)) for r in rows]
+    host = torch.tensor([v for r in meta for v in r] + image_first, dtype=torch.int64)
+    host = host_to_device(host, device)
+    g = len(rows)
+    return PolygonTable(
         torch.cat(coords).to(device=device, dtype=torch.float32)
         if coords
         else torch.zeros(0, dtype=torch.float32, device=device),
-        torch.cumsum(lens, 0) - lens,
-        lens,
-        torch.tensor(inst_first, dtype=torch.int64).to(**i64),
-        torch.tensor(inst_npoly, dtype=torch.int64).to(**i64),
+        host[: g * (max_polys + 2)].reshape(g, max_polys + 2),
+        host[g * (max_polys + 2) :],
+        max_polys,
+        max_coords,
     )
 
 
 def polygon_targets(
-    rois: Tensor,
-    instance: Tensor,
-    table: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
-    mask_size: int,
+    rois: Tensor, instance: Tensor, table: PolygonTable, mask_size: int
 ) -> Tensor:
     """rois [R, 4] (xyxy, image pixels) with the global instance index of each [R] into the
-    `flatten_polygons` table -> float32 [R, M, M] rasterized targets."""
-    coords, poly_start, poly_len, inst_first, inst_npoly = table
-    npoly = inst_npoly[instance]
-    roi_poly_offsets = torch.cat([npoly.new_zeros(1), torch.cumsum(npoly, 0)])
-    total_polys = int(roi_poly_offsets[-1])
-    src = torch.repeat_interleave(inst_first[instance], npoly, output_size=total_polys)
-    src = src + _segment_arange(npoly, total_polys)
-    lens = poly_len[src]
-    poly_offsets = torch.cat([lens.new_zeros(1), torch.cumsum(lens, 0)])
-    total_coords = int(poly_offsets[-1])
-    cidx = torch.repeat_interleave(poly_start[src], lens, output_size=total_coords)
-    cidx = cidx + _segment_arange(lens, total_coords)
+    table -> float32 [R, M, M] rasterized targets (zeros for instances without polygons).
+
+    Fixed size: every RoI gets `max_coords` coordinates in `max_polys + 1` polygons: its own
+    polygons unchanged, empty ones (skipped by the rasteriser) up to max_polys, and a last one
+    over the rest of the block, filled with copies of the last vertex: all its edges have zero
+    length, cross no scanline, and add nothing to the raster.
+    """
+    r = rois.shape[0]
+    meta = table.meta[instance]  # [R, 2 + max_polys]
+    first, count = meta[:, 0:1], meta[:, 1:2]
+    block = 2 * (table.max_coords // 2)
+    point = torch.minimum(torch.arange(block // 2, device=rois.device)[None], count // 2 - 1)
+    cidx = (first + 2 * point.clamp(min=0))[..., None] + torch.arange(2, device=rois.device)
+    coords = table.coords[cidx.clamp(max=max(table.coords.shape[0] - 1, 0))].reshape(r, -1)
+    coords = torch.where(count > 0, coords, torch.zeros_like(coords))  # no polygon: nothing
+    ends = torch.cat([meta[:, 2:], torch.full_like(count, block)], dim=1)
+    start = block * torch.arange(r, device=rois.device)[:, None]
+    poly_offsets = torch.cat([ends.new_zeros(1), (start + ends).reshape(-1)])
+    roi_offsets = (table.max_polys + 1) * torch.arange(r + 1, device=rois.device)
     return ops.polygons_to_masks(
-        coords[cidx], poly_offsets, roi_poly_offsets, rois.float(), mask_size
+        coords.reshape(-1), poly_offsets, roi_offsets, rois.float(), mask_size
     )
 
 
@@ -103,35 +126,40 @@ def mask_targets(
     gt_masks: Sequence[InstanceMasks | None],
     mask_size: int,
     aligned: bool = False,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Targets of the positive RoIs: rois float32 [R, 4], batch_idx int64 [R], matched_gt int64
-    [R] (instance index within its image) -> float32 [R, M, M] in [0, 1]."""
-    device = rois.device
+    [R] (instance index within its image), valid bool [R] (None: all) -> float32 [R, M, M] in
+    [0, 1]; zeros in invalid rows and in rows of images without masks (the caller checks that
+    an image with ground truth has masks: checking rows here would read the device).
+
+    Without host synchronisation: polygon targets for every row, RLE targets per image that has
+    bitmasks, each kept where the row's instance is of that kind.
+    """
     r = rois.shape[0]
-    out = torch.zeros((r, mask_size, mask_size), dtype=torch.float32, device=device)
-    if r == 0:
-        return out
-    for i, m in enumerate(gt_masks):
-        if m is None and bool((batch_idx == i).any()):
-            raise ValueError(f"image {i} has positive RoIs but its targets carry no masks")
     counts = [0 if m is None else len(m) for m in gt_masks]
-    base = torch.tensor([0] + counts[:-1], dtype=torch.int64).cumsum(0).to(device)
-    instance = base[batch_idx] + matched_gt
-    is_poly = torch.tensor(
-        [p for m in gt_masks if m is not None for p in m.is_polygon()], dtype=torch.bool
-    ).to(device)
-    poly_rows = torch.nonzero(is_poly[instance]).squeeze(1)
-    if poly_rows.numel():
-        table = flatten_polygons(gt_masks, device)
-        out[poly_rows] = polygon_targets(rois[poly_rows], instance[poly_rows], table, mask_size)
-    if poly_rows.numel() < r:
-        for i, m in enumerate(gt_masks):
-            rows = torch.nonzero((batch_idx == i) & ~is_poly[instance]).squeeze(1)
-            if rows.numel() == 0:
-                continue
-            if m is None or m.bitmasks is None:
-                raise ValueError(f"image {i}: an instance has neither polygons nor a bitmask")
-            out[rows] = bitmask_targets(
-                m.bitmasks, rois[rows], matched_gt[rows], mask_size, aligned
-            )
-    return out
+    for i, m in enumerate(gt_masks):
+        if m is not None and m.bitmasks is None and not all(m.is_polygon()):
+            raise ValueError(f"image {i}: an instance has neither polygons nor a bitmask")
+    if r == 0 or sum(counts) == 0:
+        return torch.zeros((r, mask_size, mask_size), dtype=torch.float32, device=rois.device)
+    table = flatten_polygons(gt_masks, rois.device)
+    num_images = len(gt_masks)
+    img = batch_idx.clamp(0, num_images - 1)
+    first = table.image_first[img]
+    inside = (matched_gt >= 0) & (matched_gt < table.image_first[img + 1] - first)
+    if valid is not None:
+        inside = inside & valid
+    instance = (first + matched_gt).clamp(0, sum(counts) - 1)
+    if table.coords.numel():
+        out = polygon_targets(rois, instance, table, mask_size)
+    else:
+        out = torch.zeros((r, mask_size, mask_size), dtype=torch.float32, device=rois.device)
+    is_poly = table.meta[instance, 1] > 0
+    for i, m in enumerate(gt_masks):
+        if m is None or m.bitmasks is None:
+            continue
+        local = matched_gt.clamp(0, len(m) - 1)
+        bits = bitmask_targets(m.bitmasks, rois, local, mask_size, aligned)
+        out = torch.where(((batch_idx == i) & ~is_poly)[:, None, None], bits, out)
+    return torch.where(inside[:, None, None], out, torch.zeros_like(out))

@@ -44,7 +44,9 @@ def pad_gt(targets: Sequence[Targets], device: torch.device) -> PaddedGT:
     """Stacks per-image ground truth into padded [B, M, ...] tensors on `device`."""
     b = len(targets)
     m = max([1] + [int(t.boxes.shape[0]) for t in targets])
-    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(b, m, 1)
+    # Filled on the device: a tensor built from Python data would be a blocking host copy.
+    boxes = torch.zeros((b, m, 4), dtype=torch.float32, device=device)
+    boxes[..., 2:] = 1.0
     labels = torch.zeros((b, m), dtype=torch.int64, device=device)
     valid = torch.zeros((b, m), dtype=torch.bool, device=device)
     for i, t in enumerate(targets):
@@ -117,12 +119,14 @@ def rpn_targets(
 
 @dataclasses.dataclass
 class RoISamples:
-    """Sampled proposals of a batch, flattened over images (ordered by image, then by the
-    proposal's position: the RPN's proposals by score, then the ground-truth boxes).
+    """Sampled proposals of a batch in fixed-size slots: `per_image` rows per image, image by
+    image; inside an image the sampled proposals come first, in the order of their position
+    (the RPN's proposals by score, then the ground-truth boxes), then unused slots.
 
-    boxes: float32 [R, 4]; batch_idx: int64 [R]; labels: int64 [R] (0 background);
-    matched_gt: int64 [R], index of the matched gt in its image (0 for background);
-    regression_targets: float32 [R, 4] (meaningful where labels > 0).
+    boxes: float32 [R, 4]; batch_idx: int64 [R]; labels: int64 [R] (0 background, -1 an unused
+    slot); matched_gt: int64 [R], index of the matched gt in its image (0 for background and
+    unused slots); regression_targets: float32 [R, 4] (meaningful where labels > 0, 0 in
+    unused slots). R = B * per_image, known without reading the device.
     """
 
     boxes: Tensor
@@ -130,6 +134,29 @@ class RoISamples:
     labels: Tensor
     matched_gt: Tensor
     regression_targets: Tensor
+    per_image: int
+
+    @property
+    def valid(self) -> Tensor:
+        """bool [R]: the slots that hold a sample."""
+        return self.labels >= 0
+
+    def take(self, rows: Tensor, per_image: int) -> RoISamples:
+        """The samples at `rows` int64 [R'] (e.g. a compaction), `per_image` slots each."""
+        return RoISamples(
+            self.boxes[rows], self.batch_idx[rows], self.labels[rows], self.matched_gt[rows],
+            self.regression_targets[rows], per_image,
+        )
+
+
+def first_k(mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """mask bool [B, N] -> (indices int64 [B, k'] of the True entries in increasing order,
+    then the others, valid bool [B, k']), k' = min(k, N). Fixed size: no host read, unlike
+    nonzero. Rows with more than k True entries keep the first k."""
+    k = min(k, mask.shape[1])
+    # A stable sort of "not selected" puts the selected entries first, in their order.
+    idx = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    return idx, torch.gather(mask, 1, idx)
 
 
 def roi_targets(
@@ -145,7 +172,11 @@ def roi_targets(
 ) -> RoISamples:
     """torchvision's select_training_samples, batched: append the gt boxes to the proposals
     [B, P, 4] (valid [B, P]), match at fg/bg IoU without low-quality matches, sample
-    `batch_size_per_image` per image with `positive_fraction` positives, encode the targets."""
+    `batch_size_per_image` per image with `positive_fraction` positives, encode the targets.
+
+    The samples are those torchvision draws (the same subsets with the same probabilities), in
+    min(batch_size_per_image, P + M) slots per image so that no size depends on the data.
+    """
     boxes = torch.cat([proposals, gt.boxes], dim=1)
     valid = torch.cat([proposals_valid, gt.valid], dim=1)
     matched = match_gt(gt, boxes, fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
@@ -155,13 +186,14 @@ def roi_targets(
     labels = torch.where(matched == BETWEEN_THRESHOLDS, torch.full_like(labels, -1), labels)
     labels = torch.where(valid, labels, torch.full_like(labels, -1))
     pos, neg = sample_pos_neg(labels, batch_size_per_image, positive_fraction, generator)
-    b, q = torch.nonzero(pos | neg, as_tuple=True)
-    rois = boxes[b, q]
-    mg = idx[b, q]
-    return RoISamples(
-        boxes=rois,
-        batch_idx=b,
-        labels=labels[b, q],
-        matched_gt=mg,
-        regression_targets=box_coder.encode(gt.boxes[b, mg], rois, weights),
-    )
+    q, used = first_k(pos | neg, batch_size_per_image)
+    b, k = q.shape
+    rois = torch.gather(boxes, 1, q[..., None].expand(b, k, 4)).reshape(-1, 4)
+    mg = torch.where(used, torch.gather(idx, 1, q), torch.zeros_like(q))
+    lab = torch.where(used, torch.gather(labels, 1, q), torch.full_like(q, -1)).reshape(-1)
+    gt_boxes = torch.gather(gt.boxes, 1, mg[..., None].expand(b, k, 4)).reshape(-1, 4)
+    reg = box_coder.encode(gt_boxes, rois, weights)
+    # Unused slots may hold empty padding boxes (non-finite targets): zero them.
+    reg = torch.where(lab[:, None] >= 0, reg, torch.zeros_like(reg))
+    batch_idx = torch.arange(b, device=boxes.device)[:, None].expand(b, k).reshape(-1)
+    return RoISamples(rois, batch_idx, lab, mg.reshape(-1), reg, k)

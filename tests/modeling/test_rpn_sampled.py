@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configs import r50_fpn_1x
-from mrcnn.bench import synthetic_inputs
+from mrcnn.engine.bench import synthetic_inputs
 from mrcnn.modeling import build_model
 from mrcnn.modeling.rpn import RPNHead, flatten_outputs
 from mrcnn.modeling.rpn_sampled import head_at_anchors, select_sampled
