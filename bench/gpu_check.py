@@ -1,15 +1,16 @@
-"""The GPU check's benchmark matrix: training and inference images/s at 800x1333.
+"""The GPU check's benchmark matrix, run through `main.py --mode=bench` one run per process.
 
-    python -m bench.gpu_check --out=bench/results/h200.json          # on the GPU machine
-    python -m bench.gpu_check --cpu --out=/tmp/cpu_rehearsal.json    # rehearsal, minutes on a CPU
+    python -m bench.gpu_check --out=DIR/gpu_check.json --log=DIR/bench.log --set=headline
+    python -m bench.gpu_check --cpu --out=/tmp/r.json --log=/tmp/r.log --set=all   # rehearsal
 
-Training at batch 8 and 16, inference at batch 1 and 8, each in bfloat16 autocast and float32
-(TF32 matmuls/convs on Ampere and newer), NCHW and channels_last; torchvision's Mask R-CNN on
-the same weights and inputs is timed beside ours at the first batch size of each mode. Warm-up,
-then the median of timed iterations (CUDA events around each synchronised step),
-peak memory and host syncs per step. Then the fixed-shape variant (bf16, channels_last,
-perf.pad_to=800x1344, perf.cuda_graphs) at training batch 16 and inference batch 8; its rows
-carry "variant". Writes one JSON with date and hardware.
+The headline runs come first, because the check may be cut short: training bf16 at batch 16
+and inference bf16 at batch 8, 800x1333, with the GPU fast paths (channels_last, batches padded
+to 800x1344, CUDA graphs). Then the rest, while the budget lasts: the same without graphs beside
+torchvision's Mask R-CNN (same weights, same inputs), smaller batches, float32 (TF32).
+
+Each run is its own process under its own timeout (a hang or an out-of-memory costs that run
+only) and its whole output goes to --log; the JSON is rewritten after every run, so what was
+measured before a timeout is kept. `--cpu` rehearses the same runs at toy sizes on the CPU.
 """
 
 from __future__ import annotations
@@ -17,87 +18,154 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mrcnn.fileio import write_json_atomic  # noqa: E402  (imports nothing heavy)
 
-from configs import r50_fpn_1x  # noqa: E402
-from mrcnn import bench, runner  # noqa: E402
+CONFIG = "configs/r50_fpn_1x.py"
+# What the figures are held against (issue targets, images/s on one H200, bf16, 800x1333).
+TARGETS = {("train", 16): 200.0, ("infer", 8): 400.0}
 
 
-def main() -> None:
+def _run(name, group, mode, batch, dtype, *, channels_last=True, graphs=False, reference=False,
+         cap_s=120):
+    return {"name": name, "set": group, "mode": mode, "batch": batch, "dtype": dtype,
+            "channels_last": channels_last, "fixed_shape": graphs, "cuda_graphs": graphs,
+            "reference": reference, "cap_s": cap_s}
+
+
+def plan(cpu: bool) -> list[dict]:
+    """The runs in the order they are worth: the headline figures first."""
+    tb, ib = (2, 2) if cpu else (16, 8)  # the CPU rehearsal: toy batches
+    small_t, small_i = (1, 1) if cpu else (8, 1)
+    return [
+        _run("train_bf16_fast", "headline", "train", tb, "bfloat16", graphs=True, cap_s=180),
+        _run("infer_bf16_fast", "headline", "infer", ib, "bfloat16", graphs=True, cap_s=150),
+        _run("train_bf16_vs_tv", "rest", "train", tb, "bfloat16", reference=True, cap_s=180),
+        _run("infer_bf16_vs_tv", "rest", "infer", ib, "bfloat16", reference=True, cap_s=150),
+        _run("train_bf16_nchw", "rest", "train", small_t, "bfloat16", channels_last=False),
+        _run("infer_bf16_b1", "rest", "infer", small_i, "bfloat16", graphs=True),
+        _run("train_fp32_tf32", "rest", "train", small_t, "float32"),
+        _run("infer_fp32_tf32", "rest", "infer", ib, "float32"),
+    ]
+
+
+def overrides(run: dict, cpu: bool, workdir: str) -> list[str]:
+    """main.py's arguments for one run."""
+    size, pad = ((256, 320), (256, 320)) if cpu else ((800, 1333), (800, 1344))
+    iters, warmup = (1, 1) if cpu else (20, 5)
+    if run["cuda_graphs"]:
+        iters, warmup = (iters, warmup) if cpu else (10, 3)  # graphs vary little
+    c = {"device": "cpu" if cpu else "cuda",
+         "bench.mode": run["mode"], "bench.batch_size": run["batch"],
+         "bench.image_size": str(size), "bench.iters": iters, "bench.warmup": warmup,
+         "bench.dtypes": f"('{run['dtype']}',)", "bench.reference": run["reference"],
+         "perf.channels_last": run["channels_last"],
+         "perf.pad_to": str(pad) if run["fixed_shape"] else "()",
+         # CUDA graphs need a CUDA device: the rehearsal keeps the padding, drops the graphs.
+         "perf.cuda_graphs": run["cuda_graphs"] and not cpu}
+    return [f"--config={CONFIG}", "--mode=bench", f"--workdir={workdir}"] + [
+        f"--config.{k}={v}" for k, v in c.items()]
+
+
+def run_one(run: dict, argv: list[str], timeout_s: float, log) -> dict:
+    """One run in a child process; its output appended to `log`. Returns the record."""
+    rec = {k: run[k] for k in ("name", "set", "mode", "batch", "dtype", "channels_last",
+                               "cuda_graphs", "reference")}
+    log.write(f"\n== {run['name']} (timeout {timeout_s:.0f} s): {' '.join(argv)}\n")
+    log.flush()
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                           timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        rec["rc"] = p.returncode
+    except subprocess.TimeoutExpired:
+        rec["rc"], rec["timed_out"] = None, True
+    rec["wall_s"] = round(time.monotonic() - t0, 1)
+    log.write(f"== {run['name']}: rc={rec['rc']} in {rec['wall_s']} s\n")
+    log.flush()
+    return rec
+
+
+def collect(rec: dict, workdir: str) -> dict:
+    """The bench rows of a finished run, with the headline numbers lifted to the record."""
+    path = os.path.join(workdir, "bench.json")
+    if rec.get("rc") != 0 or not os.path.exists(path):
+        return rec
+    with open(path) as f:
+        res = json.load(f)
+    rec.update(variant=res.get("variant"), padded_size=res.get("padded_size"),
+               hardware=res.get("hardware"), rows=res.get("runs", []))
+    for row in rec["rows"]:
+        ours = row.get("ours", {})
+        rec["images_per_s"] = round(ours.get("images_per_s", 0.0), 2)
+        for k in ("peak_mem_mb", "host_syncs_per_iter"):
+            if k in ours:
+                rec[k] = ours[k]
+        if "time_ratio" in row:
+            rec["time_ratio_vs_torchvision"] = round(row["time_ratio"], 3)
+    target = TARGETS.get((rec["mode"], rec["batch"]))
+    if target and rec["dtype"] == "bfloat16" and "images_per_s" in rec:
+        rec["target_images_per_s"] = target
+    return rec
+
+
+def summary_lines(out: dict) -> list[str]:
+    lines = []
+    for r in out["runs"]:
+        if "images_per_s" in r:
+            extra = "".join(f", {k} {r[k]}" for k in ("target_images_per_s", "peak_mem_mb",
+                            "host_syncs_per_iter", "time_ratio_vs_torchvision") if k in r)
+            lines.append(f"{r['name']}: {r['images_per_s']} img/s (batch {r['batch']}, "
+                         f"{r['dtype']}, {r.get('variant')}{extra})")
+        else:
+            why = "timed out" if r.get("timed_out") else r.get("skipped") or f"rc={r.get('rc')}"
+            lines.append(f"{r['name']}: no figure ({why})")
+    return lines
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cpu", action="store_true", help="rehearsal: tiny sizes on the CPU")
-    p.add_argument("--out", required=True)
-    p.add_argument("--iters", type=int, default=0)
-    args = p.parse_args()
-    runner.setup_logging(None)
-    device = torch.device("cpu" if args.cpu else "cuda")
-    if args.cpu:
-        size, train_batches, infer_batches, iters, warmup = (256, 320), (1,), (1, 2), 1, 1
-        pad_to = (256, 320)
-    else:
-        size, train_batches, infer_batches, iters, warmup = (800, 1333), (8, 16), (1, 8), 20, 5
-        pad_to = (800, 1344)
-    iters = args.iters or iters
+    p.add_argument("--cpu", action="store_true", help="rehearsal: toy sizes on the CPU")
+    p.add_argument("--out", required=True, help="the JSON (rewritten after every run)")
+    p.add_argument("--log", required=True, help="every run's whole output, appended")
+    p.add_argument("--set", choices=("headline", "rest", "all"), default="all")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="stop starting runs when less than 20 s of this is left")
+    p.add_argument("--main", default=os.path.join(ROOT, "main.py"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    deadline = time.monotonic() + args.budget_s
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_rehearsal": args.cpu, "runs": []}
+    if os.path.exists(args.out):  # the headline set ran first: the rest is appended
+        with open(args.out) as f:
+            out = json.load(f)
     scratch = tempfile.mkdtemp(prefix="mrcnn-gpu-check-")
-    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
-           "hardware": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
-           "image_size": list(size), "runs": []}
-    for mode, batches in (("train", train_batches), ("infer", infer_batches)):
-        for i, batch in enumerate(batches):
-            for channels_last in (False, True):
-                c = r50_fpn_1x.get_config()
-                c.bench.mode = mode
-                c.bench.batch_size = batch
-                c.bench.image_size = size
-                c.bench.iters, c.bench.warmup = iters, warmup
-                c.bench.dtypes = ("bfloat16", "float32")
-                c.bench.reference = i == 0 and not channels_last
-                c.perf.channels_last = channels_last
-                try:
-                    res = bench.bench(c, scratch, device)  # its own bench.json stays out of results/
-                except torch.OutOfMemoryError as e:
-                    out["runs"].append({"mode": mode, "batch": batch, "oom": str(e)[:200]})
-                    torch.cuda.empty_cache()
-                    continue
-                for r in res["runs"]:
-                    for k in ("ours", "torchvision"):
-                        if k in r:
-                            r[k].pop("times", None)
-                    out["runs"].append({**r, "batch": batch, "channels_last": channels_last})
-                with open(args.out, "w") as f:  # after every run: a timeout keeps what was done
-                    json.dump(out, f, indent=2)
-    # The fixed-shape variant: bf16 channels_last, batches padded to one shape per orientation
-    # and backbone+FPN+RPN head as CUDA graphs (on the CPU rehearsal: the padding only), at the
-    # largest batch of each mode, fewer iterations (graphs vary little; the capture costs time).
-    for mode, batch in (("train", train_batches[-1]), ("infer", infer_batches[-1])):
-        c = r50_fpn_1x.get_config()
-        c.bench.mode, c.bench.batch_size, c.bench.image_size = mode, batch, size
-        c.bench.iters, c.bench.warmup = max(1, iters // 2), min(warmup, 3)
-        c.bench.dtypes, c.bench.reference = ("bfloat16",), False
-        c.perf.channels_last = True
-        c.perf.pad_to = pad_to
-        c.perf.cuda_graphs = device.type == "cuda"
-        try:
-            res = bench.bench(c, scratch, device)
-        except torch.OutOfMemoryError as e:
-            out["runs"].append({"mode": mode, "batch": batch, "variant": "cuda_graphs",
-                                "oom": str(e)[:200]})
-            torch.cuda.empty_cache()
-            continue
-        for r in res["runs"]:
-            r["ours"].pop("times", None)
-            out["runs"].append({**r, "batch": batch, "channels_last": True,
-                                "variant": res["variant"]})
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
-    print(json.dumps(out, indent=2))
+    failed = False
+    with open(args.log, "a") as log:
+        for i, run in enumerate(plan(args.cpu)):
+            if args.set != "all" and run["set"] != args.set:
+                continue
+            left = deadline - time.monotonic() - 5
+            if left < 15:
+                out["runs"].append({"name": run["name"], "set": run["set"],
+                                    "skipped": "no time left in the budget"})
+                write_json_atomic(args.out, out, indent=2)
+                continue
+            workdir = os.path.join(scratch, f"{i}-{run['name']}")
+            cmd = [sys.executable, args.main] + overrides(run, args.cpu, workdir)
+            rec = collect(run_one(run, cmd, min(run["cap_s"], left), log), workdir)
+            failed |= "images_per_s" not in rec
+            out["runs"].append(rec)
+            write_json_atomic(args.out, out, indent=2)
+            print(summary_lines({"runs": [rec]})[0], flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,7 +14,7 @@ import pytest
 
 from mrcnn.data import catalog
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "launch", "download_coco.sh")
 
 
