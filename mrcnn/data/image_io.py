@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import os
+import queue
+import stat
+import threading
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -55,15 +61,81 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
+# How long reading one image file may take before it counts as unreadable. Far above any real
+# read (a 20 MB photo from a slow network disk); a hung mount never returns at all.
+READ_TIMEOUT_S = 60.0
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of `path`, refusing what is not a regular file: opening a FIFO blocks until a
+    writer appears, a device file may never end."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise ImageError(path, f"{kind} (mode {stat.filemode(st.st_mode)}), not an image file")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class _Reader:
+    """A reused daemon thread that runs reads (starting a thread per image costs ~0.25 ms on a
+    busy machine). A read that hangs keeps its thread: that reader is abandoned and a fresh one
+    serves the next read. A daemon, unlike a ThreadPoolExecutor's threads, never holds up the
+    interpreter's exit. Rebuilt after a fork (a DataLoader worker inherits no threads)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="image-read", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            read, path, box, done = self.jobs.get()
+            try:
+                box["data"] = read(path)
+            except BaseException as e:  # handed to the caller, who raises it
+                box["error"] = e
+            done.set()
+
+
+_READER: _Reader | None = None
+_READER_LOCK = threading.Lock()
+
+
+def read_bounded(path: str, read=_read_regular_file, timeout: float | None = None) -> bytes:
+    """`read(path)` in a helper thread, given up after `timeout` s (default READ_TIMEOUT_S)
+    with an ImageError: a stat or read on a dead network mount blocks in the kernel, where
+    nothing can interrupt it. The stuck thread ends if the read ever does."""
+    global _READER
+    timeout = READ_TIMEOUT_S if timeout is None else timeout
+    with _READER_LOCK:
+        if _READER is None or _READER.pid != os.getpid():
+            _READER = _Reader()
+        reader = _READER
+    box: dict = {}
+    done = threading.Event()
+    reader.jobs.put((read, path, box, done))
+    if not done.wait(timeout):
+        with _READER_LOCK:
+            if _READER is reader:
+                _READER = None
+        raise ImageError(path, f"reading did not finish within {timeout:g} s (a hung mount?)")
+    if "error" in box:
+        raise box["error"]
+    return box["data"]
+
+
 def load_image(path: str, apply_exif: bool = True) -> torch.Tensor:
     """Reads an image file as uint8 [3, H, W] RGB.
 
     The EXIF orientation is applied (a photo taken sideways comes out upright) unless
     `apply_exif` is False; grayscale, RGBA, palette, CMYK and 16-bit files are converted.
-    Raises `ImageError` naming the file when it is missing, truncated or not an image.
+    Raises `ImageError` naming the file when it is missing, truncated, not an image, not a
+    regular file (a FIFO, a device) or not read within READ_TIMEOUT_S.
     """
     try:
-        with Image.open(path) as img:
+        data = read_bounded(path)
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             if apply_exif:
                 img = ImageOps.exif_transpose(img)

@@ -3,6 +3,9 @@ bad files give an ImageError naming them."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +99,56 @@ def test_bad_files_raise_image_error_naming_the_file(tmp_path, content):
 def test_missing_file_raises_image_error(tmp_path):
     with pytest.raises(ImageError, match="missing.png"):
         load_image(str(tmp_path / "missing.png"))
+
+
+def test_a_fifo_or_a_folder_is_refused_at_once_naming_the_file(tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes: never here
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match=r"x\.jpg.*a FIFO"):
+        load_image(str(fifo))
+    assert time.perf_counter() - t0 < 5
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(ImageError, match=r"d\.png.*not a regular file"):
+        load_image(str(tmp_path / "d.png"))
+
+
+def test_a_read_that_hangs_is_given_up_after_the_bound(tmp_path):
+    from mrcnn.data import image_io
+
+    fifo = str(tmp_path / "hung.jpg")
+    os.mkfifo(fifo)
+
+    def raw_read(p):  # no regular-file check: blocks in open() like a dead mount
+        with open(p, "rb") as f:
+            return f.read()
+
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match=r"hung\.jpg: reading did not finish within 0.3 s"):
+        image_io.read_bounded(fifo, read=raw_read, timeout=0.3)
+    assert time.perf_counter() - t0 < 5
+    # Release the stuck reader thread (a writer appears and closes: it reads EOF).
+    fd = os.open(fifo, os.O_WRONLY)
+    os.close(fd)
+    assert image_io.read_bounded(__file__, timeout=10).startswith(b'"""')
+
+
+def test_a_process_with_a_hung_read_still_exits(tmp_path):
+    import subprocess
+    import sys
+
+    fifo = str(tmp_path / "hung.jpg")
+    os.mkfifo(fifo)
+    script = (
+        "from mrcnn.data import image_io\n"
+        "raw = lambda p: open(p, 'rb').read()\n"
+        "try:\n"
+        f"    image_io.read_bounded({fifo!r}, read=raw, timeout=0.2)\n"
+        "except image_io.ImageError as e:\n"
+        "    print('refused', e)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "refused" in r.stdout and "hung.jpg" in r.stdout, r.stderr

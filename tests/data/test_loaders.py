@@ -212,3 +212,28 @@ def test_unreadable_training_images_are_skipped_and_counted(small_config, shapes
     ld, _ = data.build_test_loader(c)
     with pytest.raises(data.ImageError, match=r"000002.jpg.*\(image id 3\)"):
         list(ld)
+
+
+def test_a_fifo_in_the_image_folder_is_a_bad_image_not_a_hang(small_config, shapes_root, tmp_path):
+    train, val = _copy_shapes(small_config, shapes_root, tmp_path / "copy")
+    for cfg in (train, val):
+        victim = os.path.join(cfg["img_dir"], "000001.jpg")
+        os.remove(victim)
+        os.mkfifo(victim)  # a stand-in for a dead network mount: open() would block forever
+    c = small_config(shapes_root)
+    c.data.train, c.data.val = ml_collections.ConfigDict(train), ml_collections.ConfigDict(val)
+    c.data.aspect_ratio_grouping = False
+    loader = data.build_train_loader(c)
+    files = {i.file_name for _ in range(8) for i in next(loader).infos}  # 2 epochs
+    assert "000001.jpg" not in files and loader.bad_counts["bad_image"] >= 1
+    c.data.on_bad_image = "skip"
+    ld, ds = data.build_test_loader(c)
+    assert [i.image_id for b in ld for i in b.infos] == [1, 3, 4, 5]
+    assert ds.bad_counts["bad_image"] == 1
+    c.data.on_bad_image = "fail"
+    with pytest.raises(data.ImageError, match=r"000001\.jpg: a FIFO .*\(image id 2\)"):
+        list(data.build_test_loader(c)[0])
+    loader = data.build_train_loader(c)
+    with pytest.raises(data.ImageError, match=r"000001\.jpg: a FIFO"):
+        for _ in range(8):
+            next(loader)
