@@ -17,6 +17,8 @@ from mrcnn.data import catalog
 print(catalog.resolve(shapes.get_config(), shapes.get_config().data.val)[0])")
 "$PY" main.py --config=configs/shapes.py --mode=predict --workdir="$WORKDIR" \
   --config.predict.input="$VAL_DIR/*[0-5].jpg" "$@"
+# Look at it: the final evaluation broken down (no inference) and the run's page.
+"$PY" main.py --config=configs/shapes.py --mode=analyze --workdir="$WORKDIR" "$@"
 echo
 echo "== done =="
 echo "metrics:      $WORKDIR/metrics.jsonl  (final COCO AP: $WORKDIR/eval/*/metrics.json)"
@@ -24,3 +26,5 @@ echo "log:          $WORKDIR/log.txt"
 echo "checkpoints:  $WORKDIR/model_*.pth  ($WORKDIR/last_checkpoint)"
 echo "predictions:  $WORKDIR/predictions.json and $WORKDIR/predictions/*.png"
 echo "TensorBoard:  $PY -m tensorboard.main --logdir $WORKDIR/tb"
+echo "analysis:     $WORKDIR/analysis/{bbox,segm}/ (per-class AP, PR curves, errors, confusion)"
+echo "report:       file://$(cd "$WORKDIR" && pwd)/report/index.html  (static: opens offline)"
