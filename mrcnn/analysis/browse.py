@@ -264,7 +264,8 @@ def _context(config, split: str) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str, device=None) -> dict:
     """Draws `browse.num_images` images of `data.<browse.split>` (or `browse.images`); returns
-    {"dir", "sheet", "index", "images": [entries], "counts": the parser's drop counts}."""
+    {"dir", "sheet", "index", "images": [entries], "counts": the parser's drop counts,
+    "report": report/index.html, rewritten to show them}."""
     b = config.browse
     if b.split not in ("train", "val"):
         raise ValueError(f"browse.split must be 'train' or 'val', got {b.split!r}")
@@ -287,7 +288,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, device=None) -> dict:
              "counts": ctx["counts"], "images": entries,
              "sheet": "sheet.png" if sheet else None}
     index_path = write_file(os.path.join(out_dir, "index.json"), json.dumps(index, indent=1))
-    log.info("browse: %d images of %s drawn into %s (parser dropped: %s)", len(entries),
-             b.split, out_dir, ctx["counts"] or "nothing")
+    from mrcnn.analysis import report  # the page links the new sheet
+
+    page = report.write_report(workdir, config)
+    log.info("browse: %d images of %s drawn into %s (parser dropped: %s); report: %s",
+             len(entries), b.split, out_dir, ctx["counts"] or "nothing", page)
     return {"dir": out_dir, "sheet": sheet, "index": index_path, "images": entries,
-            "counts": ctx["counts"]}
+            "counts": ctx["counts"], "report": page}

@@ -132,7 +132,7 @@ def plot_eval(runs: Sequence[dict], labels: Sequence[str], path: str) -> str | N
                     ax.plot(steps, vals, color=_color(i), ls=styles[m], marker="o", ms=3,
                             lw=1.3, label=name)
         ax.set(title=f"evaluation: {task}", xlabel="step", ylim=(0, 1))
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     return plots.save(fig, path)
 
 

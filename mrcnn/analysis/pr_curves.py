@@ -38,7 +38,7 @@ def plot(ev: COCOeval, names: dict[int, str], path: str, title: str) -> str:
     """One panel per IoU setting: each class in its colour (the drawings' colours), the mean
     over classes in black; labels carry the AP (the mean precision over recall)."""
     data = curves(ev)
-    fig, axes = plots.figure(1, 3, cell=(4.4, 4.0))
+    fig, axes = plots.figure(1, 3, cell=(4.4, 4.6), layout="constrained")
     label_of = {int(c): k + 1 for k, c in enumerate(ev.params.catIds)}
     for ax, (key, d) in zip(axes[0], data.items()):
         many = len(d["classes"]) > MAX_LEGEND
@@ -53,6 +53,7 @@ def plot(ev: COCOeval, names: dict[int, str], path: str, title: str) -> str:
             ax.text(0.5, 0.5, "no ground truth", ha="center", va="center",
                     transform=ax.transAxes)
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=key)
-        ax.legend(loc="lower left")
+        # Below the axes: inside, it hides the low-precision ends of the curves.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.suptitle(title)
     return plots.save(fig, path)

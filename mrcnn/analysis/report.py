@@ -43,7 +43,7 @@ tr:nth-child(even) td{background:#f9fafb}tr.total td{font-weight:700;background:
 figure{margin:10px 0;display:inline-block;vertical-align:top;background:#fff;padding:6px;
 border:1px solid #d5d9de}figcaption{color:#56606b;font-size:13px;margin-top:4px}
 img{max-width:100%;height:auto;display:block}
-.gallery figure{max-width:48%}.thumbs figure{max-width:32%}.half figure{max-width:49%}
+.gallery figure{max-width:48%}.thumbs figure{max-width:32%}.half figure{max-width:48%}
 code,pre{font:13px/1.4 ui-monospace,Menlo,Consolas,monospace;background:#eceff2;
 padding:1px 4px}pre{padding:10px;overflow:auto;max-height:480px}
 .big{font-size:30px;font-weight:700}.kpi{display:inline-block;margin:6px 28px 6px 0}
@@ -197,8 +197,11 @@ def _task_analysis(page: _Page, task: str, t: dict) -> None:
     lost = ", ".join(f"{a}→{b}: {100 * (areas[b] - areas[a]):+.1f}" for a, b in zip(
         ("C75", "C50", "Loc", "Sim", "Oth", "BG"), ("C50", "Loc", "Sim", "Oth", "BG", "FN"))
         if a in areas and b in areas)
-    page.figure(f["errors"], f"{task}: error breakdown. Each band is the AP gained by "
-                f"forgiving one more kind of error ({lost})")
+    page.figure(f["errors"], f"{task}: error breakdown, precision-recall as errors are "
+                "forgiven one kind after another: C75, C50 at IoU .75, .5; Loc at IoU .1 "
+                "(mislocalized found); Sim: + confusions within a supercategory; Oth: + all "
+                "class confusions; BG: + false positives on background; FN: + misses. A band's "
+                f"height is what that error costs, in AP points: {lost}")
     page.add("<div class='thumbs'>")
     for name, rel in t.get("errors_per_class", {}).items():
         page.figure(os.path.join(base, rel), f"{name}: error breakdown")
