@@ -16,6 +16,7 @@ from mrcnn.data.catalog import (
     data_root,
     ensure_shapes_dataset,
 )
+from mrcnn.data.coco import load_preprocessed
 from mrcnn.data.coco_gt import coco_api, coco_gt
 from mrcnn.data.collate import collate_images
 from mrcnn.data.image_io import ImageError, load_image
@@ -52,6 +53,7 @@ __all__ = [
     "get_dataset_meta",
     "iters_per_epoch",
     "load_image",
+    "load_preprocessed",
     "match_categories",
     "preprocess",
 ]

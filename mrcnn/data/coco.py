@@ -16,6 +16,7 @@ import torch
 from pycocotools import mask as mask_util
 
 from mrcnn.data import annotations as ann_lib
+from mrcnn.data import lsj
 from mrcnn.data import transforms as T
 from mrcnn.data.image_io import ImageError, load_image
 from mrcnn.data.meta import DatasetMeta, meta_from_categories
@@ -48,6 +49,31 @@ def read_checked_image(path: str, height: int, width: int) -> torch.Tensor:
         f"decoded size {tuple(image.shape[-2:])} (h, w) does not match the "
         f"annotation's ({height}, {width})",
     )
+
+
+# What torch raises for an image it cannot process (an impossible size, no memory for a
+# gigapixel file): such an image is reported like an unreadable one, never a crash of the run.
+_PROCESSING_ERRORS = (RuntimeError, ValueError, MemoryError)
+
+
+def _test_input(
+    path: str, image: torch.Tensor, input_cfg: ml_collections.ConfigDict
+) -> tuple[torch.Tensor, T.ScaleInfo]:
+    try:
+        return T.preprocess(image, input_cfg, train=False)
+    except _PROCESSING_ERRORS as e:
+        raise ImageError(path, f"cannot be processed: {type(e).__name__}: {e}") from e
+
+
+def load_preprocessed(
+    path: str, input_cfg: ml_collections.ConfigDict
+) -> tuple[torch.Tensor, torch.Tensor, T.ScaleInfo]:
+    """(decoded uint8 [3, H, W], preprocessed test input, ScaleInfo) of an image file; any
+    failure to read or to process it is an ImageError naming the file (predict reports and
+    skips that file; the others complete)."""
+    image = load_image(path)
+    x, info = _test_input(path, image, input_cfg)
+    return image, x, info
 
 
 def record_to_targets(rec: ann_lib.ImageRecord, info: T.ScaleInfo, with_masks: bool) -> Targets:
@@ -155,6 +181,21 @@ class CocoTrainDataset(torch.utils.data.Dataset):
     def record(self, index: int) -> ann_lib.ImageRecord:
         return self._records[index]
 
+    def _sample(
+        self, path: str, rec: ann_lib.ImageRecord, image: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, T.ScaleInfo, Targets]:
+        """(input, ScaleInfo, targets) of a decoded image; what torch cannot process is an
+        ImageError naming the file (skipped like an unreadable one)."""
+        try:
+            if self.input_cfg.get("lsj_size"):  # large-scale jitter: a fixed S x S crop
+                return lsj.lsj_sample(
+                    image, self.input_cfg, rng, lambda i: record_to_targets(rec, i, self.with_masks)
+                )
+            x, info = T.preprocess(image, self.input_cfg, train=True, rng=rng)
+            return x, info, record_to_targets(rec, info, self.with_masks)
+        except _PROCESSING_ERRORS as e:
+            raise ImageError(path, f"cannot be processed: {type(e).__name__}: {e}") from e
+
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, seed = (key, key) if isinstance(key, (int, np.integer)) else key
         rng = np.random.default_rng(int(seed))
@@ -165,16 +206,15 @@ class CocoTrainDataset(torch.utils.data.Dataset):
             path = os.path.join(self.img_dir, rec.file_name)
             try:
                 image = read_checked_image(path, rec.height, rec.width)
+                x, info, target = self._sample(path, rec, image, rng)
             except ImageError as e:
                 e = e.with_image_id(rec.image_id)
                 if self.on_bad_image == "fail":
                     raise e from None
-                log.warning("skipping unreadable training image (%s); taking the next one", e)
+                log.warning("skipping unusable training image (%s); taking the next one", e)
                 skipped.append(path)
                 index = int(self._next_in_group[index])
                 continue
-            x, info = T.preprocess(image, self.input_cfg, train=True, rng=rng)
-            target = record_to_targets(rec, info, self.with_masks)
             image_info = ImageInfo(
                 rec.image_id, rec.file_name, info.orig_size, info.size, info.flipped
             )
@@ -238,13 +278,13 @@ class CocoTestDataset(torch.utils.data.Dataset):
         path = os.path.join(self.img_dir, file_name)
         try:
             image = read_checked_image(path, height, width)
+            x, info = _test_input(path, image, self.input_cfg)
         except ImageError as e:
             e = e.with_image_id(image_id)
             if self.on_bad_image == "fail":
                 raise e from None
-            log.warning("skipping unreadable test image (%s)", e)
+            log.warning("skipping unusable test image (%s)", e)
             return {"image": None, "info": None, "skipped": [path]}
-        x, info = T.preprocess(image, self.input_cfg, train=False)
         return {
             "image": x,
             "info": ImageInfo(image_id, file_name, info.orig_size, info.size),

@@ -12,6 +12,7 @@ All coordinates are absolute pixels, xyxy for boxes; sizes are (height, width).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import ml_collections
@@ -59,9 +60,19 @@ def normalize(
 
 
 def resize_image(image: Tensor, min_size: float, max_size: float) -> tuple[Tensor, float]:
-    """Float [C, H, W] -> (bilinearly resized [C, h, w], the scale factor given)."""
+    """Float [C, H, W] -> (bilinearly resized [C, h, w], the scale factor given).
+
+    Each side is at least 1 px: a thin strip (4000 x 1) would floor to 0 rows, which no
+    convolution takes. Only then is the size given explicitly; every other image takes
+    torchvision's scale-factor path (and its exact numbers).
+    """
     h, w = image.shape[-2:]
     scale = resize_scale(h, w, min_size, max_size)
+    # interpolate's output size with recompute_scale_factor: floor(side * scale), in double.
+    if math.floor(h * scale) < 1 or math.floor(w * scale) < 1:
+        size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
+        out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        return out, scale
     out = F.interpolate(
         image[None],
         scale_factor=scale,

@@ -237,3 +237,91 @@ def test_a_fifo_in_the_image_folder_is_a_bad_image_not_a_hang(small_config, shap
     with pytest.raises(data.ImageError, match=r"000001\.jpg: a FIFO"):
         for _ in range(8):
             next(loader)
+
+
+def _strip_dataset(folder) -> tuple[str, str]:
+    """Four images: three ordinary ones and a 1 x 400 strip, each with one object."""
+    import json
+
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    sizes = [(40, 50), (1, 400), (44, 52), (38, 60)]
+    images, anns = [], []
+    for i, (h, w) in enumerate(sizes, start=1):
+        pixels = np.full((h, w, 3), 60 * i, np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
+        images.append({"id": i, "file_name": f"{i}.png", "height": h, "width": w})
+        bw, bh = min(w, 20), min(h, 20)
+        anns.append(
+            {
+                "id": 10 + i,
+                "image_id": i,
+                "category_id": 1,
+                "bbox": [0, 0, bw, bh],
+                "segmentation": [[0, 0, bw, 0, bw, bh, 0, bh]],
+            }
+        )
+    ann_file = os.path.join(folder, "ann.json")
+    with open(ann_file, "w") as f:
+        cats = [{"id": 1, "name": "a"}]
+        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    return folder, ann_file
+
+
+def test_a_strip_image_trains_and_evaluates(small_config, tmp_path):
+    img_dir, ann_file = _strip_dataset(tmp_path / "strip")
+    c = small_config(tmp_path, **{"model.num_classes": 2, "data.aspect_ratio_grouping": False})
+    c.data.train = ml_collections.ConfigDict(
+        {"name": "", "img_dir": str(img_dir), "ann_file": ann_file}
+    )
+    c.data.val = c.data.train
+    loader = data.build_train_loader(c)
+    seen = set()
+    for _ in range(4):
+        b = next(loader)
+        for info, size in zip(b.infos, b.images.image_sizes):
+            assert min(size) >= 1
+            seen.add(info.image_id)
+        for t in b.targets:
+            assert torch.isfinite(t.boxes).all() and (t.boxes[:, 2:] > t.boxes[:, :2]).all()
+    assert 2 in seen and loader.bad_counts["bad_image"] == 0
+    ld, _ = data.build_test_loader(c)
+    assert [i.image_id for b in ld for i in b.infos] == [1, 2, 3, 4]
+
+
+def test_an_image_that_cannot_be_processed_is_named_skipped_and_counted(
+    small_config, tmp_path, monkeypatch
+):
+    from mrcnn.data import coco as coco_ds
+
+    img_dir, ann_file = _strip_dataset(tmp_path / "strip")
+    real = coco_ds.T.preprocess
+
+    def fails_on_the_strip(image, *a, **kw):
+        if image.shape[-2] == 1:
+            raise RuntimeError("no kernel for this size")  # what torch raises, e.g. OOM
+        return real(image, *a, **kw)
+
+    monkeypatch.setattr(coco_ds.T, "preprocess", fails_on_the_strip)
+    c = small_config(tmp_path, **{"model.num_classes": 2, "data.aspect_ratio_grouping": False})
+    c.data.train = ml_collections.ConfigDict(
+        {"name": "", "img_dir": str(img_dir), "ann_file": ann_file}
+    )
+    c.data.val = c.data.train
+    loader = data.build_train_loader(c)
+    ids = {i.image_id for _ in range(4) for i in next(loader).infos}
+    assert 2 not in ids and loader.bad_counts["bad_image"] >= 1
+    c.data.on_bad_image = "skip"
+    ld, ds = data.build_test_loader(c)
+    assert [i.image_id for b in ld for i in b.infos] == [1, 3, 4]
+    assert ds.bad_counts["bad_image"] == 1
+    c.data.on_bad_image = "fail"
+    with pytest.raises(data.ImageError, match=r"2\.png: cannot be processed: Runtime.*image id 2"):
+        list(data.build_test_loader(c)[0])
+    with pytest.raises(data.ImageError, match=r"2\.png: cannot be processed"):
+        data.load_preprocessed(os.path.join(img_dir, "2.png"), c.input)
+    monkeypatch.setattr(coco_ds.T, "preprocess", real)
+    image, x, info = data.load_preprocessed(os.path.join(img_dir, "2.png"), c.input)
+    assert tuple(image.shape) == (3, 1, 400) and info.orig_size == (1, 400)
+    assert min(x.shape[-2:]) >= 1

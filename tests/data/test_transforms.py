@@ -155,3 +155,30 @@ def test_train_preprocess_draws_scale_and_flip_from_the_rng():
         assert torch.equal(a, b) and ia == ib
         seen.add((ia.size[0], ia.flipped))
     assert seen == {(s, f) for s in (40, 60, 80) for f in (False, True)}
+
+
+@pytest.mark.parametrize("h,w", [(1, 4000), (4000, 1), (3, 5000), (1, 1), (2, 1333)])
+@pytest.mark.parametrize("train", [False, True])
+def test_a_thin_strip_never_resizes_to_a_zero_pixel_side(h, w, train):
+    cfg = _input_cfg(min_size_test=800, max_size_test=1333)
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+    x, info = data.preprocess(image, cfg, train=train, rng=np.random.default_rng(0))
+    assert min(x.shape[-2:]) >= 1 and torch.isfinite(x).all()
+    assert info.size == tuple(x.shape[-2:]) and info.orig_size == (h, w)
+    boxes = T.resize_boxes(torch.tensor([[0.0, 0.0, float(w), float(h)]]), (h, w), info.size)
+    assert torch.isfinite(boxes).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    batch = data.collate_images([x], 32)
+    assert batch.tensor.shape[-1] % 32 == 0 and batch.tensor.shape[-2] % 32 == 0
+
+
+def test_the_clamp_only_touches_sizes_that_would_vanish():
+    # 1 x 4000 at (800, 1333): scale 1/3, so floor(1/3) = 0 rows -> 1; the width keeps
+    # torchvision's floor(4000 / 3) = 1333.
+    x, scale = T.resize_image(torch.rand(3, 1, 4000), 800, 1333)
+    assert tuple(x.shape[-2:]) == (1, 1333) and scale == pytest.approx(1333 / 4000)
+    image = torch.rand(3, 37, 53)
+    ours, _ = T.resize_image(image, 800, 1333)
+    ref = torch.nn.functional.interpolate(
+        image[None], scale_factor=800 / 37, mode="bilinear", recompute_scale_factor=True
+    )[0]
+    assert torch.equal(ours, ref)
