@@ -177,6 +177,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.predict.score_thresh = 0.5  # drawn and written above this score
     c.predict.draw = True
 
+    # --------------------------------------------------------------- browse / analyze
+    # --mode=browse draws the ground truth (mrcnn/analysis/browse.py); --mode=analyze breaks an
+    # evaluation down and writes report/index.html (mrcnn/analysis/analyze.py).
+    c.browse = ml_collections.ConfigDict()
+    c.browse.split = "val"  # train | val
+    c.browse.num_images = 16  # drawn at random (browse.seed) unless browse.images names some
+    c.browse.images = ()  # image ids or file names, e.g. "(3, 17)" or "('a.jpg',)"
+    c.browse.augmented = False  # True: as the training loader feeds them (resized, flipped)
+    c.browse.seed = 0
+    c.browse.columns = 4  # of the contact sheet
+    c.browse.tile = 320  # contact-sheet cell, pixels
+    c.analyze = ml_collections.ConfigDict()
+    c.analyze.eval_dir = ""  # "": the newest evaluation in the workdir; else eval/iter_0005000
+    c.analyze.score_thresh = 0.5  # detections counted by the confusion matrix and worst images
+    c.analyze.iou_thresh = 0.5  # matching of the confusion matrix
+    c.analyze.num_worst = 8  # images drawn with the most false positives + misses
+    c.analyze.workdirs = ()  # other runs overlaid on the training curves (a sweep's)
+
     # --------------------------------------------------------------- bench
     c.bench = ml_collections.ConfigDict()
     c.bench.mode = "both"  # train | infer | both
