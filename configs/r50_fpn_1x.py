@@ -70,6 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.pixel_mean = (0.485, 0.456, 0.406)
     c.input.pixel_std = (0.229, 0.224, 0.225)
     c.input.to_bgr255 = False  # MSRA/caffe2 weights: BGR in [0, 255], mean only
+    # Large-scale jitter (mrcnn/data/lsj.py) when > 0: each training image is resized to fit a
+    # lsj_size x lsj_size square times a factor drawn from lsj_scale_range, flipped, then
+    # randomly cropped / padded to exactly lsj_size x lsj_size (min/max_size_train unused).
+    c.input.lsj_size = 0
+    c.input.lsj_scale_range = (0.1, 2.0)
 
     # --------------------------------------------------------------- model
     c.model = ml_collections.ConfigDict()
@@ -84,7 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.backbone.stride_in_1x1 = False  # True for MSRA/caffe2 weights
     c.model.backbone.fpn = True  # False: C4 (res5 runs as the RoI head)
     c.model.backbone.fpn_channels = 256
-    c.model.backbone.fpn_norm = ""  # "" | GN
+    # "" | GN | BN | SyncBN | FrozenBN (torchvision's maskrcnn_resnet50_fpn_v2: BN)
+    c.model.backbone.fpn_norm = ""
     c.model.anchor = ml_collections.ConfigDict()
     c.model.anchor.sizes = (32, 64, 128, 256, 512)  # one size per FPN level P2..P6
     c.model.anchor.aspect_ratios = (0.5, 1.0, 2.0)
@@ -108,6 +114,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the head's backward (~1/4 of a step's arithmetic) becomes negligible. False: the dense
     # head's own graph, bit-identical to torchvision.
     c.model.rpn.sparse_grad = True
+    # 3x3 conv + ReLU layers before the 1x1 predictors (torchvision's v2 head: 2; needs
+    # sparse_grad=False: the sampled-anchor gradient re-evaluates a single conv).
+    c.model.rpn.conv_depth = 1
     c.model.roi_heads = ml_collections.ConfigDict()
     c.model.roi_heads.fg_iou_thresh = 0.5
     c.model.roi_heads.bg_iou_thresh = 0.5
@@ -124,13 +133,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.box_head.sampling_ratio = 2
     c.model.box_head.num_fc = 2
     c.model.box_head.fc_dim = 1024
+    # 3x3 conv (+ norm) + ReLU layers before the fcs (FPN only). 0: torchvision's v1 TwoMLPHead;
+    # 4 with num_fc=1 and norm=BN: its maskrcnn_resnet50_fpn_v2 FastRCNNConvFCHead.
+    c.model.box_head.num_conv = 0
+    c.model.box_head.conv_dim = 256
+    c.model.box_head.norm = ""  # "" | GN | BN | SyncBN | FrozenBN, in the convs
     c.model.mask_head = ml_collections.ConfigDict()
     c.model.mask_head.pooler_resolution = 14
     c.model.mask_head.sampling_ratio = 2
     c.model.mask_head.num_conv = 4
     c.model.mask_head.conv_dim = 256
     c.model.mask_head.resolution = 28  # mask target size: 2x the pooler via the deconv
-    c.model.mask_head.norm = ""  # "" | GN
+    c.model.mask_head.norm = ""  # "" | GN | BN | SyncBN | FrozenBN (torchvision's v2: BN)
 
     # --------------------------------------------------------------- weights
     c.init = ml_collections.ConfigDict()

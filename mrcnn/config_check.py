@@ -65,6 +65,7 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
             _fail(f"model.{key}.bg_iou_thresh", sec.bg_iou_thresh, "need 0 <= bg <= fg <= 1")
         if not 0 < sec.positive_fraction <= 1:
             _fail(f"model.{key}.positive_fraction", sec.positive_fraction, "must be in (0, 1]")
+    _validate_heads(m)
     # FPN: one 2x deconv on the pooled features; C4: res5 halves them first.
     mask_res = 2 * (m.mask_head.pooler_resolution // (1 if m.backbone.fpn else 2))
     if m.mask_head.resolution != mask_res:
@@ -85,9 +86,54 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
         _fail("data.on_bad_image", config.data.on_bad_image, "must be skip or fail")
     if config.data.on_bad_annotation not in ("skip", "fail"):
         _fail("data.on_bad_annotation", config.data.on_bad_annotation, "must be skip or fail")
+    _validate_lsj(config)
     _validate_perf(config, mode)
     if mode == "predict" and not config.predict.input:
         _fail("predict.input", config.predict.input, "set it to an image file, folder or glob")
+
+
+_HEAD_NORMS = ("", "GN", "BN", "SyncBN", "FrozenBN")
+
+
+def _validate_heads(m: ml_collections.ConfigDict) -> None:
+    """The v2 architecture keys (torchvision's maskrcnn_resnet50_fpn_v2)."""
+    norms = (("backbone.fpn_norm", m.backbone.fpn_norm), ("box_head.norm", m.box_head.norm),
+             ("mask_head.norm", m.mask_head.norm))
+    for key, value in norms:
+        if value not in _HEAD_NORMS:
+            _fail(f"model.{key}", value, "must be '', GN, BN, SyncBN or FrozenBN")
+    if m.rpn.conv_depth < 1:
+        _fail("model.rpn.conv_depth", m.rpn.conv_depth, "must be >= 1")
+    if m.rpn.conv_depth > 1 and m.rpn.sparse_grad:
+        _fail("model.rpn.sparse_grad", True, f"the sampled-anchor gradient re-evaluates one "
+              f"conv; with model.rpn.conv_depth={m.rpn.conv_depth} set it to False")
+    if m.box_head.num_conv < 0:
+        _fail("model.box_head.num_conv", m.box_head.num_conv, "must be >= 0")
+    if m.box_head.num_conv and not m.backbone.fpn:
+        _fail("model.box_head.num_conv", m.box_head.num_conv, "the C4 box head is res5: "
+              "convolutions apply to FPN models only (set it to 0)")
+    if m.box_head.num_conv and m.box_head.num_fc < 1:
+        _fail("model.box_head.num_fc", m.box_head.num_fc, "a conv box head needs >= 1 fc")
+    if m.box_head.norm and not m.box_head.num_conv:
+        _fail("model.box_head.norm", m.box_head.norm, "normalizes the box head's convs: "
+              "set model.box_head.num_conv > 0 (torchvision's v2: 4) or norm=''")
+
+
+def _validate_lsj(config: ml_collections.ConfigDict) -> None:
+    i = config.input
+    if not i.lsj_size:
+        return
+    d = int(i.size_divisibility)
+    if i.lsj_size < 0 or (d > 1 and i.lsj_size % d):
+        _fail("input.lsj_size", i.lsj_size, f"must be 0 (off) or > 0 and divisible by "
+              f"input.size_divisibility={d}")
+    lo_hi = tuple(i.lsj_scale_range)
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+        _fail("input.lsj_scale_range", lo_hi, "must be (low, high) with 0 < low <= high")
+    pad_to = tuple(config.perf.pad_to)
+    if pad_to and min(pad_to) < i.lsj_size:
+        _fail("perf.pad_to", pad_to, f"LSJ training images are {i.lsj_size} x {i.lsj_size} "
+              "(input.lsj_size): pad_to must cover them")
 
 
 def _validate_perf(config: ml_collections.ConfigDict, mode: str) -> None:

@@ -20,7 +20,8 @@ class FPN(nn.Module):
     """in: res2..res5 features; out: [P2, P3, P4, P5, P6], each with `out_channels` channels.
 
     Submodules: `lateral.{i}` (1x1) and `output.{i}` (3x3), i = 0 for res2 .. 3 for res5.
-    norm: "" (convs with bias) or "GN".
+    norm: "" (convs with bias), or any norm.make_norm name (then the convs have no bias):
+    "BN" / "SyncBN" is torchvision's maskrcnn_resnet50_fpn_v2 FPN, "GN" maskrcnn-benchmark's.
     """
 
     def __init__(

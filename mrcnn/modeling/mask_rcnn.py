@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mrcnn.modeling.anchors import AnchorCache
 from mrcnn.modeling.backbone import ResNet
-from mrcnn.modeling.box_head import BoxPredictor, MLPHead, Res5Head
+from mrcnn.modeling.box_head import BoxPredictor, Res5Head, build_fpn_box_head
 from mrcnn.modeling.boxes import image_sizes_tensor
 from mrcnn.modeling.fpn import FPN, Backbone
 from mrcnn.modeling.losses import fastrcnn_loss, mask_loss, rpn_loss
@@ -82,11 +82,14 @@ class MaskRCNN(nn.Module):
         num_anchors = self.anchors.num_anchors_per_location
         if len(set(num_anchors)) != 1:
             raise ValueError("the shared RPN head needs the same number of anchors on every level")
-        self.rpn = RPNHead(channels, num_anchors[0])
+        if cfg.rpn.conv_depth > 1 and cfg.rpn.sparse_grad:
+            # rpn_sampled re-evaluates one 3x3 conv at the sampled anchors, not a deeper head.
+            raise ValueError("model.rpn.sparse_grad needs model.rpn.conv_depth=1")
+        self.rpn = RPNHead(channels, num_anchors[0], cfg.rpn.conv_depth)
 
         bh = cfg.box_head
         if self.use_fpn:
-            self.box_head = MLPHead(channels, bh.pooler_resolution, bh.num_fc, bh.fc_dim)
+            self.box_head = build_fpn_box_head(channels, bh, bb.gn_groups)
         else:
             self.box_head = Res5Head(bb.depth, bb.width, bb.norm, bb.gn_groups, bb.stride_in_1x1)
         self.box_predictor = BoxPredictor(self.box_head.out_channels, cfg.num_classes)

@@ -22,24 +22,39 @@ from mrcnn.modeling import box_coder
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then 1x1 convs to A objectness logits and 4A deltas; shared by levels.
+    """conv_depth x (3x3 conv + ReLU), then 1x1 convs to A objectness logits and 4A deltas;
+    shared by levels.
 
     forward(list of [B, C, H_l, W_l]) -> (objectness list of [B, A, H_l, W_l],
     deltas list of [B, 4A, H_l, W_l]).
+    Submodules: `trunk.{i}` (the first conv_depth - 1 convs, none for torchvision's v1 head),
+    `conv` (the last 3x3 conv: the one rpn_sampled.head_at_anchors re-evaluates), `cls_logits`,
+    `bbox_pred`. torchvision's maskrcnn_resnet50_fpn_v2 has conv_depth=2.
     """
 
-    def __init__(self, in_channels: int, num_anchors: int):
+    def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1):
         super().__init__()
+        if conv_depth < 1:
+            raise ValueError(f"RPNHead conv_depth must be >= 1, got {conv_depth}")
+        self.trunk = nn.ModuleList(
+            nn.Conv2d(in_channels, in_channels, 3, padding=1) for _ in range(conv_depth - 1)
+        )
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
-        for m in (self.conv, self.cls_logits, self.bbox_pred):
+        for m in (*self.trunk, self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
+
+    @property
+    def conv_depth(self) -> int:
+        return len(self.trunk) + 1
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
         for f in feats:
+            for conv in self.trunk:
+                f = F.relu_(conv(f))
             t = F.relu_(self.conv(f))
             logits.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
