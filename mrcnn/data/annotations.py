@@ -389,20 +389,20 @@ def _read_categories(path: str, data: dict) -> list[tuple[int, str]]:
             raise AnnotationError(f"{path}: category id {c['id']} appears twice")
         name = c.get("name")
         out[c["id"]] = name if isinstance(name, str) else str(c["id"])
-    for cid in _group_categories(data, cats, out):
-        log.warning(
-            "%s: category %d (%r) is only the supercategory of others and no annotation uses "
-            "it (as Roboflow exports write): not a class",
-            path,
-            cid,
-            out.pop(cid),
-        )
+    for cid, why in _non_classes(data, cats, out):
+        log.warning("%s: category %d (%r) is not a class: %s", path, cid, out.pop(cid), why)
     return sorted(out.items())
 
 
-def _group_categories(data: dict, cats: list[dict], names: dict[int, str]) -> list[int]:
-    """Ids of categories that name a group, not a class: the supercategory of other categories
-    and used by no annotation (Roboflow writes one such, id 0, above the real classes)."""
+# What labelme's labelme2coco writes as category 0 (its labels.txt starts __ignore__,
+# _background_); no object is ever annotated with it.
+_LABELME_BACKGROUND = "_background_"
+
+
+def _non_classes(data: dict, cats: list[dict], names: dict[int, str]) -> list[tuple[int, str]]:
+    """(id, why) of categories that no annotation uses and that name no class: a group above
+    the others (Roboflow writes one, id 0, as the supercategory of the real classes) or
+    labelme's `_background_`. Never all of them."""
     group_names = {
         c.get("supercategory")
         for c in cats
@@ -412,8 +412,15 @@ def _group_categories(data: dict, cats: list[dict], names: dict[int, str]) -> li
     anns = anns if isinstance(anns, list) else []
     used_ids = (a.get("category_id") for a in anns if isinstance(a, dict))
     used = {c for c in used_ids if _is_int(c)}  # only well-formed (hashable) ids can match
-    drop = [cid for cid, n in names.items() if n in group_names and cid not in used]
-    return drop if len(drop) < len(names) else []
+    out = []
+    for cid, name in names.items():
+        if cid in used:
+            continue
+        if name in group_names:
+            out.append((cid, "only the supercategory of others, no annotation uses it"))
+        elif name == _LABELME_BACKGROUND:
+            out.append((cid, "labelme's background label, no annotation uses it"))
+    return out if len(out) < len(names) else []
 
 
 def read_categories(path: str) -> list[tuple[int, str]]:
