@@ -168,3 +168,36 @@ def test_mask_loss_no_positives_has_gradient():
     loss = mask_loss(logits, torch.zeros(0, 28, 28))
     loss.backward()
     assert loss.item() == 0 and logits.grad is not None
+
+
+def test_masked_losses_equal_torchvision_on_the_used_rows():
+    """Unused slots (fastrcnn labels -1, mask rows not valid) count nowhere: the losses and
+    gradients are torchvision's on the used rows alone; all unused: 0 with a gradient."""
+    g = torch.Generator().manual_seed(8)
+    labels = torch.tensor([2, 0, -1, 1, -1, 0, 3])
+    used = labels >= 0
+    logits = torch.randn(7, 4, generator=g, requires_grad=True)
+    reg = torch.randn(7, 16, generator=g, requires_grad=True)
+    tgt = torch.randn(7, 4, generator=g)
+    tgt[~used] = math.nan  # never read
+    cls, box = fastrcnn_loss(logits, reg, labels, tgt)
+    tv_cls, tv_box = tv_roi_heads.fastrcnn_loss(logits[used], reg[used], [labels[used]],
+                                                [tgt[used]])
+    torch.testing.assert_close(cls, tv_cls, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(box, tv_box, rtol=1e-6, atol=1e-7)
+    grad = torch.autograd.grad(cls + box, logits)[0]
+    assert torch.isfinite(grad).all() and not grad[~used].any()
+
+    mlogits = torch.randn(5, 14, 14, generator=g, requires_grad=True)
+    mt = torch.rand(5, 14, 14, generator=g)
+    valid = torch.tensor([True, False, True, True, False])
+    ours = mask_loss(mlogits, mt, valid)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(mlogits[valid], mt[valid])
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+    assert not torch.autograd.grad(ours, mlogits)[0][~valid].any()
+
+    none = torch.full((3,), -1)
+    cls, box = fastrcnn_loss(logits[:3], reg[:3], none, tgt[:3])
+    loss = mask_loss(mlogits[:2], mt[:2], torch.zeros(2, dtype=torch.bool))
+    assert cls.item() == box.item() == loss.item() == 0
+    assert torch.autograd.grad(cls + box + loss, logits)[0].abs().sum() == 0

@@ -249,3 +249,38 @@ def test_channels_last_gives_same_detections():
         assert len(x) == len(y)
         torch.testing.assert_close(x.boxes, y.boxes, rtol=0, atol=1e-3)
         torch.testing.assert_close(x.scores, y.scores, rtol=0, atol=1e-4)
+
+
+def test_ground_truth_without_masks_is_refused():
+    model = build_model(tiny_config()).train()
+    images, targets = make_batch()
+    no_masks = Targets(targets[0].boxes, targets[0].labels, None)
+    with pytest.raises(ValueError, match="no masks"):
+        model(images, [no_masks, targets[1]])
+
+
+def test_fixed_slots_give_the_losses_and_gradients_of_the_compacted_samples(monkeypatch):
+    """The RoI heads over every sampling slot with the unused ones masked (the sync-free
+    path) against the heads over the compacted samples (the path taken with BatchNorm in a
+    head): the same losses and gradients."""
+    cfg = tiny_config(**{"roi_heads.batch_size_per_image": 512})  # more slots than samples
+    images, targets = make_batch()
+    results = []
+    for coupled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg).double().train()
+        monkeypatch.setattr(type(model), "_rows_coupled", lambda self, c=coupled: c)
+        model.sampling_generator = torch.Generator().manual_seed(4)
+        images.tensor = images.tensor.double()
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((losses, grads))
+    (la, ga), (lb, gb) = results
+    assert la.keys() == lb.keys() and ga.keys() == gb.keys()
+    # The losses are reduced in float32 (sum / count here, mean there): float32 tolerances.
+    for k in la:
+        torch.testing.assert_close(la[k], lb[k], rtol=1e-6, atol=1e-7, msg=k)
+    for n in ga:
+        scale = float(gb[n].abs().max()) + 1e-30
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-5, atol=1e-6 * scale, msg=n)
