@@ -1,4 +1,4 @@
-"""The one entry point: train, eval, predict or bench a config.
+"""The one entry point: train, eval, predict, bench, export, browse or analyze a config.
 
     python main.py --config=configs/r50_fpn_1x.py --mode=train --workdir=runs/x \
         --config.solver.base_lr=0.02
@@ -15,10 +15,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+MODES = ["train", "eval", "predict", "bench", "export", "browse", "analyze"]
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with an argument: configs/x.py:runlocal", lock_config=True
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "bench"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (default runs/<config name>); see WORKSPACE.md."
 )
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here so that `--help` and flag errors answer before torch loads.
-    from mrcnn import runner
+    from mrcnn.engine import runner
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("runs", config.name)

@@ -193,7 +193,7 @@ def states_equal(a: dict, b: dict) -> bool:
 def inspect_workdir(workdir: str) -> dict[str, Any]:
     """What a restart would find: the iteration `load_latest` resumes from (-1: none), whether
     `last_checkpoint` names a file that loads, leftover temporary files."""
-    from mrcnn import checkpoint
+    from mrcnn.engine import checkpoint
 
     with _quiet():
         pointer = checkpoint.find_last(workdir)
@@ -216,7 +216,7 @@ def run_in_process(mode: str, config: ml_collections.ConfigDict, workdir: str) -
     one line main.py would print for a user error (other exceptions propagate: main.py would
     show them with a traceback). The root logger's handlers, which `runner.run` replaces, are
     put back afterwards."""
-    from mrcnn import runner
+    from mrcnn.engine import runner
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -294,7 +294,7 @@ def kill_campaign(
     Returns rounds (KillRound list), identical (bool), lost (int), leftover_tmp (files left
     after the final run), bad_jsonl (unparsable metrics.jsonl lines), max_iter.
     """
-    from mrcnn import checkpoint
+    from mrcnn.engine import checkpoint
     from mrcnn.data import ensure_shapes_dataset
 
     rng = random.Random(seed)
@@ -925,7 +925,7 @@ def checkpoint_cases(work: str) -> list[tuple[str, str, str, bool]]:
     """
     import torch
 
-    from mrcnn import checkpoint
+    from mrcnn.engine import checkpoint
 
     base = os.path.join(work, "checkpoints")
     rows = []

@@ -28,7 +28,8 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mrcnn import data as data_lib  # noqa: E402
-from mrcnn import evaluation, runner, solver, train  # noqa: E402
+from mrcnn.engine import evaluate as evaluation  # noqa: E402
+from mrcnn.engine import runner, solver, train  # noqa: E402
 from mrcnn.modeling import build_model  # noqa: E402
 from mrcnn.structures import Detections, ImageBatch  # noqa: E402
 

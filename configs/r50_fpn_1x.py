@@ -221,7 +221,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --------------------------------------------------------------- performance switches
     c.perf = ml_collections.ConfigDict()
-    c.perf.channels_last = False
+    # True: no switch that changes float rounding (channels_last, oneDNN): outputs bit-identical
+    # to torchvision's model on the same weights. False (default): the fast paths below apply.
+    c.perf.exact = False
+    c.perf.channels_last = True  # NHWC weights and images (off with perf.exact)
     c.perf.compile = False  # torch.compile of backbone + FPN + heads
     c.perf.compile_fullgraph = True  # each compiled part one graph: a graph break is an error
     # (H, W) with H <= W, e.g. (800, 1344): every batch padded to exactly (H, W) when its images
@@ -233,11 +236,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (and batch size); needs CUDA and perf.pad_to, excludes perf.compile.
     c.perf.cuda_graphs = False
     c.perf.prefetch = True  # copy the next batch to the GPU on a side stream (CPU: no effect)
-    # CPU float32 (mrcnn/onednn.py): convolutions without autograd (inference, frozen stages,
+    # CPU float32 (mrcnn/build/onednn.py): convolutions without autograd (inference, frozen stages,
     # the RPN's dense head) on weights reordered once for oneDNN, and the box head's fc6 as a
     # 7x7 convolution (oneDNN instead of the BLAS). Equal to eager up to rounding; ignored on
-    # GPUs and under autocast; off with perf.compile (Inductor packs its own).
-    c.perf.onednn = False
+    # GPUs and under autocast; off with perf.compile (Inductor packs its own) and perf.exact.
+    c.perf.onednn = True
     c.perf.cudnn_benchmark = True
     c.perf.tf32 = True
 

@@ -329,7 +329,7 @@ def write_hparams(workdir: str, overrides: dict[str, Any], results: dict[str, An
     if not metrics:
         return False
     sys.path.insert(0, ROOT)
-    from mrcnn.writer import MetricWriter
+    from mrcnn.engine.writer import MetricWriter
 
     writer = MetricWriter(workdir, enabled=True)
     try:

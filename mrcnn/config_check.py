@@ -162,6 +162,12 @@ def _validate_perf(config: ml_collections.ConfigDict, mode: str) -> None:
         if not pad_to:
             _fail("perf.cuda_graphs", True, "needs fixed shapes: set perf.pad_to, e.g. "
                   "(800, 1344) for input.max_size_*=1333")
+        if config.solver.accumulate_steps > 1 and mode == "train":
+            # The graphed backward returns static gradient buffers that AccumulateGrad keeps:
+            # the next micro-step would overwrite the gradients summed so far.
+            _fail("perf.cuda_graphs", True, "cannot train with solver.accumulate_steps="
+                  f"{config.solver.accumulate_steps} > 1 (the graphs' static gradient buffers "
+                  "would be overwritten by each micro-step): turn one off")
         if p.compile:
             _fail("perf.cuda_graphs", True, "is exclusive with perf.compile (torch.compile "
                   "makes its own graphs with mode='reduce-overhead'): turn one off")

@@ -1,0 +1,104 @@
+"""Which fast paths a run uses (`config.perf`), decided once, and applying them to a model.
+
+`fast_paths(config, device, purpose)` is a pure function of the config and the device: train,
+eval, predict and bench therefore run the same model with the same switches; only export asks
+for the plain model (a deployed artifact must not depend on this process's oneDNN packing or
+graphs). `perf.exact=True` turns off every switch that changes float rounding, so that outputs
+are bit-identical to torchvision's model on the same weights (the equivalence tests set it).
+
+- `perf.channels_last`: NHWC weights and images: faster convolutions on tensor cores and in
+  oneDNN on CPUs.
+- `perf.onednn` (CPU float32 only): prepacked oneDNN convolutions with FrozenBN folded in, and
+  the box head's fc6 as a convolution (mrcnn/build/onednn.py).
+- `perf.compile`: `torch.compile` of the backbone (+FPN), the RPN head and the box/mask heads, in
+  place (`nn.Module.compile`), so state_dict keys and checkpoints stay the same; with
+  `perf.compile_fullgraph` a graph break is an error instead of a silent slow path.
+- `perf.pad_to` (H, W): every batch padded to (H, W) or (W, H) by orientation
+  (mrcnn/data/collate.py), so the fixed-shape part sees two shapes only.
+- `perf.cuda_graphs` (CUDA): backbone + FPN + RPN head as CUDA graphs (mrcnn/build/cuda_graphs.py).
+- `perf.prefetch`: batches are copied to the GPU on a side stream (mrcnn/data/prefetch.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import ml_collections
+import torch
+from torch import nn
+
+from mrcnn.build import onednn
+
+log = logging.getLogger(__name__)
+
+PURPOSES = ("train", "eval", "predict", "bench", "export")
+COMPILED_PARTS = ("backbone", "rpn", "box_head", "box_predictor", "mask_head", "mask_predictor")
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPaths:
+    """The switches in force for one run; the model ones are applied by `apply`, the data ones
+    (pad_to, prefetch, channels_last images, dtype) are read by the loops."""
+
+    channels_last: bool = False
+    onednn: bool = False
+    compile: bool = False
+    compile_fullgraph: bool = True
+    cuda_graphs: bool = False
+    pad_to: tuple[int, ...] = ()
+    prefetch: bool = True
+    dtype: str = "float32"
+
+    def describe(self) -> str:
+        """The switches in force, as the logs and the bench report name them ("eager": none)."""
+        parts = [k for k in ("channels_last", "onednn", "compile", "cuda_graphs")
+                 if getattr(self, k)]
+        if self.pad_to:
+            parts.append("pad_to=%dx%d" % tuple(self.pad_to))
+        return "+".join(parts) or "eager"
+
+
+def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
+               purpose: str) -> FastPaths:
+    """The switches of `config.perf` that apply on `device` for `purpose` (one of PURPOSES)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose {purpose!r}: expected one of {PURPOSES}")
+    device_type = device if isinstance(device, str) else device.type
+    p = config.perf
+    if purpose == "export":
+        return FastPaths(dtype=str(config.dtype), prefetch=False)
+    exact = bool(p.exact)
+    cpu_float32 = device_type == "cpu" and config.dtype == "float32"
+    return FastPaths(
+        channels_last=bool(p.channels_last) and not exact,
+        # oneDNN's packed path is float32-CPU only, and torch.compile does its own packing.
+        onednn=bool(p.onednn) and cpu_float32 and not exact and not p.compile
+        and onednn.available(),
+        compile=bool(p.compile),
+        compile_fullgraph=bool(p.compile_fullgraph),
+        cuda_graphs=bool(p.cuda_graphs) and device_type == "cuda",
+        pad_to=tuple(int(v) for v in p.pad_to),
+        prefetch=bool(p.prefetch),
+        dtype=str(config.dtype),
+    )
+
+
+def apply(model: nn.Module, fast: FastPaths) -> nn.Module:
+    """channels_last, oneDNN and torch.compile on `model`, in place (state-dict keys unchanged).
+    CUDA graphs are installed by `mrcnn.build.build` (they need the final device and mode)."""
+    if fast.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if fast.onednn:
+        convs, heads = onednn.use_onednn(model)
+        log.info("oneDNN: %d prepacked convolutions, %d box heads' fc6 as a convolution",
+                 convs, heads)
+    if fast.compile:
+        parts = []
+        for name in COMPILED_PARTS:
+            module = getattr(model, name, None)
+            if isinstance(module, nn.Module):
+                module.compile(dynamic=None, fullgraph=fast.compile_fullgraph)
+                parts.append(name)
+        log.info("torch.compile (fullgraph=%s): %s", fast.compile_fullgraph, ", ".join(parts))
+    return model

@@ -1,0 +1,2 @@
+"""The modes and what they need: the runner (set-up and dispatch), training (train, solver,
+checkpoint, writer, signals, rng), the inference loop, evaluation, prediction and bench."""

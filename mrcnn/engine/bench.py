@@ -1,0 +1,265 @@
+"""`--mode=bench`: training and inference images/s, ours and torchvision's, side by side.
+
+Both models get the same weights (torchvision's random `maskrcnn_resnet50_fpn`, converted) and the
+same synthetic images, so the ratio is measured in one run on one machine. The reference is only
+possible for configs whose architecture torchvision has (R-50-FPN); other configs are timed alone.
+Box score threshold is 0 for both so the mask head runs on a full set of detections, as it does
+with trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+
+import ml_collections
+import torch
+
+from mrcnn import dist
+from mrcnn.build import build
+from mrcnn.data.collate import fixed_shape, pad_images_to
+from mrcnn.precision import autocast
+from mrcnn.structures import ImageBatch, InstanceMasks, Targets
+
+log = logging.getLogger("mrcnn.bench")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, iters: int, warmup: int, device) -> list[float]:
+    """Seconds per call of `fn` after `warmup` calls. On CUDA each call is bracketed by CUDA
+    events (device time from the first queued kernel to the last) and synchronised after, so
+    no call overlaps the next; on the CPU, wall time."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _time_interleaved(steps: dict, iters: int, warmup: int) -> dict[str, list[float]]:
+    """CPU wall time of several steps measured in alternation: round i runs them in order, or
+    reversed when i is odd, so neither side always runs on a cache the other one left."""
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(iters):
+        for n in names if i % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            steps[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def count_syncs(step) -> int:
+    """Host synchronisations one call of `step` makes (CUDA sync debug mode, warnings counted)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _is_torchvision_compatible(config) -> bool:
+    b = config.model.backbone
+    return (b.depth == 50 and b.width == 64 and b.fpn and b.fpn_channels == 256
+            and not b.stride_in_1x1 and config.model.box_head.fc_dim == 1024
+            and config.model.mask_head.conv_dim == 256 and not config.model.roi_heads.aligned)
+
+
+def synthetic_inputs(config, batch_size, height, width, device, seed=0):
+    """Random images with a few square instances: (raw 0-1 images, ImageBatch, Targets)."""
+    g = torch.Generator().manual_seed(seed)
+    raw = [torch.rand(3, height, width, generator=g) for _ in range(batch_size)]
+    mean = torch.tensor(config.input.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(config.input.pixel_std).view(3, 1, 1)
+    div = config.input.size_divisibility
+    ph, pw = -(-height // div) * div, -(-width // div) * div
+    tensor = torch.zeros(batch_size, 3, ph, pw)
+    for i, im in enumerate(raw):
+        tensor[i, :, :height, :width] = (im - mean) / std
+    images = ImageBatch(tensor.to(device), [(height, width)] * batch_size)
+    targets, tv_targets = [], []
+    n = 5
+    for _ in range(batch_size):
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([width * 0.6, height * 0.6])
+        wh = 32 + torch.rand(n, 2, generator=g) * min(height, width) * 0.3
+        boxes = torch.cat([xy, xy + wh], 1)
+        labels = torch.randint(1, config.model.num_classes, (n,), generator=g)
+        polys = [[torch.tensor([b[0], b[1], b[2], b[1], b[2], b[3], b[0], b[3]])]
+                 for b in boxes.tolist()]
+        targets.append(Targets(boxes.to(device), labels.to(device), InstanceMasks(polys).to(device)))
+        masks = torch.zeros(n, height, width, dtype=torch.uint8)
+        for j, b in enumerate(boxes.round().long().tolist()):
+            masks[j, b[1]:b[3], b[0]:b[2]] = 1
+        tv_targets.append({"boxes": boxes.to(device), "labels": labels.to(device),
+                           "masks": masks.to(device)})
+    return [r.to(device) for r in raw], images, targets, tv_targets
+
+
+def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device) -> dict:
+    from mrcnn.modeling.postprocess import detections_to_original
+
+    b = config.bench
+    h, w = b.image_size
+    reference = b.reference and _is_torchvision_compatible(config)
+    if b.reference and not reference:
+        log.info("config %s has no torchvision counterpart: timing ours only", config.name)
+    cfg = config.copy_and_resolve_references()
+    cfg.unlock()
+    cfg.model.roi_heads.score_thresh = 0.0
+    if reference:
+        cfg.model.num_classes = 91
+    if config.perf.cuda_graphs and device.type != "cuda":
+        raise RuntimeError(f"config.perf.cuda_graphs=True: bench runs on {device}, "
+                           "CUDA graphs need a CUDA device")
+    torch.manual_seed(config.seed)
+    built = build(cfg, device, "bench", load=False)  # the fast paths every mode uses
+    ours, graphs = built.model, built.graphs
+    tv = None
+    if reference:
+        import torchvision
+
+        from mrcnn import weights
+
+        from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+        from torchvision.models.detection.mask_rcnn import MaskRCNN as TVMaskRCNN
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        # Built as for pretrained weights (FrozenBN, 3 trainable stages): the same work as ours.
+        body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+        tv = TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, box_score_thresh=0.0,
+                        min_size=min(h, w), max_size=max(h, w)).to(device)
+        ours.load_state_dict(weights.convert_torchvision_state_dict(tv.state_dict()))
+    raw, images, targets, tv_targets = synthetic_inputs(cfg, b.batch_size, h, w, device)
+    pad_to = tuple(config.perf.pad_to)
+    if pad_to:  # the fixed shape of the images' orientation (a clear error if they exceed it)
+        images = pad_images_to(images, fixed_shape(images.image_sizes, pad_to))
+    if built.fast.channels_last:
+        images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+
+    results: dict = {"config": config.name, "device": str(device), "batch_size": b.batch_size,
+                     "image_size": [h, w], "variant": built.fast.describe(),
+                     "padded_size": list(images.tensor.shape[-2:]), "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+                     "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else f"CPU x{os.cpu_count()}", "runs": []}
+    modes = ("train", "infer") if b.mode == "both" else (b.mode,)
+    models = [(n, m) for n, m in (("ours", ours), ("torchvision", tv)) if m is not None]
+
+    def make_step(name, model, mode, dtype):
+        if mode == "infer":
+            model.eval()
+            if name == "ours":
+                def step(m=model):
+                    with torch.inference_mode(), autocast(device, dtype):
+                        dets = m(images)
+                    for d, s in zip(dets, images.image_sizes):
+                        detections_to_original(d, s, s)
+            else:
+                def step(m=model):
+                    with torch.inference_mode(), autocast(device, dtype):
+                        m(raw)
+            return step
+        model.train()
+        if name == "ours" and graphs is not None:
+            graphs.capture_training(
+                b.batch_size, dtype, bool(config.perf.channels_last),
+                shapes=[tuple(images.tensor.shape[-2:])])
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+        inputs = (images, targets) if name == "ours" else (raw, tv_targets)
+        cache = not (name == "ours" and graphs is not None)  # graphs: no autocast cache
+
+        def step(m=model, opt=opt, inputs=inputs, cache=cache):
+            with autocast(device, dtype, cache):
+                losses = m(*inputs)
+            sum(v.float() for v in losses.values()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    for dtype in b.dtypes:
+        for mode in modes:
+            row = {"mode": mode, "dtype": dtype}
+            if device.type == "cpu" and len(models) == 2:
+                # Interleaved, alternating which goes first: drift of a shared CPU (other
+                # tenants, clocks) hits both sides alike, so the ratio stays meaningful.
+                steps = {n: make_step(n, m, mode, dtype) for n, m in models}
+                times = _time_interleaved(steps, b.iters, b.warmup)
+                for name, t in times.items():
+                    med = statistics.median(t)
+                    row[name] = {"s_per_iter": med, "images_per_s": b.batch_size / med,
+                                 "times": t}
+                row["pair_ratio_median"] = statistics.median(
+                    o / r for o, r in zip(times["ours"], times["torchvision"]))
+            else:
+                for name, model in models:
+                    step = make_step(name, model, mode, dtype)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    t = _time(step, b.iters, b.warmup, device)
+                    med = statistics.median(t)
+                    row[name] = {"s_per_iter": med, "images_per_s": b.batch_size / med,
+                                 "times": t}
+                    if device.type == "cuda":
+                        row[name]["peak_mem_mb"] = (
+                            torch.cuda.max_memory_allocated(device) / 2**20)
+                        row[name]["host_syncs_per_iter"] = count_syncs(step)
+            if "torchvision" in row:
+                row["time_ratio"] = row["ours"]["s_per_iter"] / row["torchvision"]["s_per_iter"]
+            results["runs"].append(row)
+            log.info("%s %s: ours %.3f s/iter (%.2f img/s)%s", mode, dtype,
+                     row["ours"]["s_per_iter"], row["ours"]["images_per_s"],
+                     f"; torchvision {row['torchvision']['s_per_iter']:.3f} s/iter; ratio "
+                     f"{row['time_ratio']:.3f}" if "torchvision" in row else "")
+    if dist.is_main():
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "bench.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        print(format_table(results))
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [f"bench {results['config']} on {results['hardware']} ({results['device']}, "
+             f"{results['threads']} threads), batch {results['batch_size']}, "
+             f"{results['image_size'][0]}x{results['image_size'][1]}, "
+             f"{results.get('variant', 'eager')}, {results['date']}",
+             "| mode | dtype | ours s/iter | ours img/s | torchvision s/iter | ratio |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results["runs"]:
+        tv = r.get("torchvision")
+        lines.append(f"| {r['mode']} | {r['dtype']} | {r['ours']['s_per_iter']:.3f} | "
+                     f"{r['ours']['images_per_s']:.2f} | "
+                     f"{tv['s_per_iter']:.3f} | {r['time_ratio']:.3f} |" if tv else
+                     f"| {r['mode']} | {r['dtype']} | {r['ours']['s_per_iter']:.3f} | "
+                     f"{r['ours']['images_per_s']:.2f} | - | - |")
+    return "\n".join(lines)

@@ -1,0 +1,351 @@
+"""`--mode=train`: build, resume, loop, log, checkpoint, evaluate. Reads top to bottom.
+
+One optimizer step = `solver.accumulate_steps` micro-batches; the schedule, `max_iter`,
+`checkpoint_period` and `eval.period` count optimizer steps. A checkpoint holds everything needed to
+continue exactly: model, optimizer, scaler, iteration, RNG states and the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+
+import ml_collections
+import torch
+from torch import nn
+
+from mrcnn import dist
+from mrcnn.build import Built, build
+from mrcnn.data.collate import pad_batch_to
+from mrcnn.data.prefetch import Prefetcher
+from mrcnn.engine import checkpoint, solver
+from mrcnn.engine.rng import rng_state, seed_everything, set_rng_state
+from mrcnn.engine.signals import StopFlag
+from mrcnn.engine.writer import MetricWriter, SmoothedValue, format_eta
+from mrcnn.precision import autocast
+
+log = logging.getLogger("mrcnn.train")
+
+LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def configure_torch(config: ml_collections.ConfigDict, device: torch.device) -> None:
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.perf.cudnn_benchmark
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.perf.tf32
+        torch.backends.cudnn.allow_tf32 = config.perf.tf32
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device) -> dict:
+    """Trains `config` in `workdir` (resuming from its last checkpoint); returns final metrics."""
+    configure_torch(config, device)
+    return Trainer(config, workdir, device).run()
+
+
+@dataclasses.dataclass
+class StepResult:
+    """One optimizer step's losses, averaged over the ranks (host floats), and the stop vote."""
+
+    values: dict[str, float]
+    stop: bool
+    lr: float
+    seconds: float
+    data_seconds: float
+
+
+class Trainer:
+    """The state of one training run and its steps, in the order they happen."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, device: torch.device):
+        self.config, self.workdir, self.device = config, workdir, device
+        self.s = config.solver
+        self.rank, self.world = dist.rank(), dist.world_size()
+        seed_everything(config.seed)  # same initial weights on every rank
+        self.built: Built = build(config, device, "train", workdir)
+        self.model = self.built.model
+        self.optimizer = solver.build_optimizer(self.model, self.s)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
+        self.start_iter, self.last_ckpt = self._resume()
+        self._capture_graphs()
+        self.train_model = self._wrap_ddp()
+        self.bad_steps = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _resume(self) -> tuple[int, str | None]:
+        """Loads the workdir's last checkpoint when there is one: (start iteration, its path)."""
+        from mrcnn import weights
+
+        workdir, rank = self.workdir, self.rank
+        latest = (checkpoint.load_latest(workdir)
+                  if dist.is_main() and os.path.isdir(workdir) else None)
+        found = dist.broadcast_object(None if latest is None else latest[1])  # same file
+        if found is None:
+            seed_everything(self.config.seed + rank)  # per-rank randomness (sampling) from here
+            return 0, None
+        state = latest[0] if latest is not None else checkpoint.load(found)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise weights.WeightsError(
+                f"{found} does not fit the configured model (the workdir holds a run of another "
+                f"architecture; use a new --workdir): {e}") from e
+        checkpoint.load_optimizer(self.optimizer, state, found)
+        self.scaler.load_state_dict(state["scaler"])
+        start_iter = int(state["iteration"])
+        # Each rank continues its own RNG stream (the samplers draw from it). A checkpoint from
+        # another world size has no stream for this rank: rank 0 takes its saved one, the
+        # others start distinct fresh ones.
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.world:
+            set_rng_state(per_rank[rank])
+        else:
+            set_rng_state(state["rng"])
+            if rank > 0:
+                seed_everything(self.config.seed + rank + 10007 * start_iter)
+        log.info("resumed from %s at iteration %d", found, start_iter)
+        return start_iter, found
+
+    def _capture_graphs(self) -> None:
+        graphs = self.built.graphs
+        if graphs is None:
+            return
+        # Captured on the bare model before DDP wraps it (DDP's hooks then run eagerly on the
+        # gradients the graphed backward returns), after the resume so nothing is captured
+        # twice; load_state_dict copies in place, so the graphs would survive it anyway.
+        self.model.train()
+        graphs.capture_training(self.s.ims_per_batch // (self.world * self.s.accumulate_steps),
+                                self.config.dtype, self.built.fast.channels_last)
+
+    def _wrap_ddp(self) -> nn.Module:
+        if self.world == 1:
+            return self.model
+        return nn.parallel.DistributedDataParallel(
+            self.model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            # Buffers (BN statistics) stay per rank, as in detectron2; they are equal at the
+            # start (DDP broadcasts rank 0's module state at construction).
+            broadcast_buffers=False,
+            find_unused_parameters=False,
+        )
+
+    def _batches(self):
+        """The loader and the device-side batch stream. The prefetcher reads one batch ahead;
+        which batch each step trains on is a function of the step (samplers.py), so resuming
+        stays exact."""
+        from mrcnn import data as data_lib
+
+        loader = data_lib.build_train_loader(self.config, start_iter=self.start_iter,
+                                             rank=self.rank, world_size=self.world)
+        pad_to = self.built.fast.pad_to
+        batches = Prefetcher(
+            loader, self.device,
+            transform=functools.partial(pad_batch_to, pad_to=pad_to) if pad_to else None,
+            overlap=self.built.fast.prefetch)
+        return loader, batches
+
+    # ------------------------------------------------------------------ one step
+    def step(self, it: int, batches, stop: StopFlag) -> StepResult:
+        """Forward / backward over the micro-batches of step `it`, then one host sync."""
+        t0 = time.perf_counter()
+        lr = solver.set_lr(self.optimizer, self.s.base_lr, solver.lr_factor(it, self.s))
+        accum, device = self.s.accumulate_steps, self.device
+        data_time = 0.0
+        loss_sum = torch.zeros((), device=device)
+        parts = {k: torch.zeros((), device=device) for k in LOSS_NAMES}
+        for micro in range(accum):
+            td = time.perf_counter()
+            batch = next(batches)  # on the device, padded to perf.pad_to if set
+            data_time += time.perf_counter() - td
+            if self.built.fast.channels_last:
+                batch.images.tensor = batch.images.tensor.contiguous(
+                    memory_format=torch.channels_last)
+            sync = (self.train_model.no_sync() if self.world > 1 and micro < accum - 1
+                    else contextlib.nullcontext())
+            with sync:
+                with autocast(device, self.config.dtype,
+                              cache_enabled=self.built.graphs is None):
+                    losses = self.train_model(batch.images, batch.targets)
+                loss = sum(v.float() for v in losses.values()) / accum
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+            for k, v in losses.items():
+                parts[k] = parts.get(k, torch.zeros((), device=device)) + v.detach().float() / accum
+        # One host sync per step, one all-reduce: the losses averaged over ranks (for the
+        # meters, and a finite check every rank agrees on: DDP has already spread a non-finite
+        # gradient to all of them) and the stop request. A signal can reach the ranks at
+        # different steps, or only some of them; stopping on the reduced flag makes every rank
+        # save and leave at the same step instead of hanging in a collective.
+        stop_req = torch.tensor(float(stop.signal is not None), device=device)
+        *values, stop_votes = dist.all_reduce_mean(
+            torch.stack([loss_sum, *parts.values(), stop_req])).tolist()
+        named = dict(zip(("loss", *parts), values))
+        return StepResult(named, stop_votes > 0, lr, time.perf_counter() - t0, data_time)
+
+    def apply_gradients(self, it: int, result: StepResult) -> None:
+        """The optimizer step, or a skipped step when the losses are not finite."""
+        bad = [k for k, v in result.values.items() if not math.isfinite(v)]
+        if bad and not self.scaler.is_enabled():  # float16: the GradScaler skips the step
+            self.bad_steps += 1
+            if self.bad_steps > self.s.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"non-finite loss at iteration {it}: "
+                    f"{', '.join(f'{k} = {result.values[k]}' for k in bad)}; last good "
+                    f"checkpoint: {self.last_ckpt or 'none'} (solver.max_bad_steps="
+                    f"{self.s.max_bad_steps} allows skipping bad steps)")
+            log.warning("iteration %d: non-finite %s, step skipped (%d/%d)",
+                        it, bad, self.bad_steps, self.s.max_bad_steps)
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        if self.s.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        config, s = self.config, self.s
+        loader, batches = self._batches()
+        iters_per_epoch = loader.iters_per_epoch
+        writer = MetricWriter(self.workdir)
+        meters = {k: SmoothedValue() for k in ("loss", *LOSS_NAMES, "time", "data")}
+        metrics: dict = {}
+        log.info("training from iteration %d to %d (%d images/step on %d ranks, accumulate %d)",
+                 self.start_iter, s.max_iter, s.ims_per_batch, self.world, s.accumulate_steps)
+        self.model.train()
+        it, stopped_early, t_start = self.start_iter, False, time.perf_counter()
+        with StopFlag() as stop:
+            while it < s.max_iter:
+                result = self.step(it, batches, stop)
+                self.apply_gradients(it, result)
+                it += 1
+                _update_meters(meters, result)
+                if it % config.log_period == 0 or it == s.max_iter or it == self.start_iter + 1:
+                    self._log(it, result.lr, meters, writer, loader)
+                if result.stop:
+                    self.save(it)
+                    log.warning("stopped by %s at iteration %d; rerun to resume",
+                                f"signal {stop.signal}" if stop.signal
+                                else "a signal on another rank", it)
+                    writer.close()
+                    return metrics
+                if s.checkpoint_period and it % s.checkpoint_period == 0 and it < s.max_iter:
+                    self.save(it)
+                if it < s.max_iter and _eval_due(config, it, iters_per_epoch):
+                    metrics = self._evaluate(it, writer)
+                    if _reached_target(metrics, config):
+                        _log_target(it, metrics, config)
+                        stopped_early = True
+                        break
+        self.save(it)
+        log.info("training done: %d iterations in %s", it - self.start_iter,
+                 format_eta(time.perf_counter() - t_start))
+        if config.eval.final and not stopped_early:
+            metrics = self._evaluate(it, writer)
+        writer.close()
+        return metrics
+
+    # ------------------------------------------------------------------ around the steps
+    def _log(self, it: int, lr: float, meters: dict, writer: MetricWriter, loader) -> None:
+        s, device = self.s, self.device
+        names = ("loss", *LOSS_NAMES)
+        eta = meters["time"].global_avg * (s.max_iter - it)
+        mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+        log.info("  ".join(
+            [f"eta: {format_eta(eta)}", f"iter: {it}"]
+            + [f"{k}: {meters[k].median:.4f} ({meters[k].global_avg:.4f})" for k in names]
+            + [f"time: {meters['time'].median:.4f} ({meters['time'].global_avg:.4f})",
+               f"data: {meters['data'].median:.4f} ({meters['data'].global_avg:.4f})",
+               f"lr: {lr:.6f}", f"max mem: {mem:.0f}"]))
+        writer.scalars(it, {
+            **{k: meters[k].median for k in names},
+            "lr": lr, "time": meters["time"].median, "data_time": meters["data"].median,
+            "max_mem_mb": mem,
+            "images_per_sec": s.ims_per_batch / max(meters["time"].median, 1e-9),
+        }, prefix="train/")
+        bad_counts = getattr(getattr(loader, "dataset", None), "bad_counts", None)
+        if bad_counts:
+            writer.scalars(it, dict(bad_counts), prefix="data/")
+
+    def save(self, it: int) -> None:
+        """A checkpoint of step `it` (rank 0 writes it, with every rank's RNG state)."""
+        rngs = dist.all_gather_object(rng_state()) if self.world > 1 else None
+        if dist.is_main():
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "iteration": it,
+                "config": self.config.to_json_best_effort(),
+                "rng": rng_state(),
+            }
+            if rngs is not None:
+                state["rng_per_rank"] = rngs
+            try:
+                self.last_ckpt = checkpoint.save(self.workdir, state, it,
+                                                 keep=self.s.keep_checkpoints)
+            except (OSError, RuntimeError) as e:  # disk full, quota, permissions: the last
+                # one is intact (torch.save reports a full disk as a RuntimeError)
+                raise checkpoint.CheckpointError(
+                    f"could not save the checkpoint of iteration {it} in {self.workdir} "
+                    f"({type(e).__name__}: {e}); the last good checkpoint is "
+                    f"{self.last_ckpt or 'none'}") from e
+            log.info("saved %s", self.last_ckpt)
+        dist.barrier()
+
+    def _evaluate(self, it: int, writer: MetricWriter) -> dict:
+        from mrcnn.engine.evaluate import evaluate
+
+        self.model.eval()
+        out = os.path.join(self.workdir, "eval", f"iter_{it:07d}")
+        metrics = evaluate(self.model, self.config, self.device, output_dir=out)
+        vis = metrics.pop("_vis", None)
+        for task in ("bbox", "segm"):
+            if task in metrics:
+                writer.scalars(it, metrics[task], prefix=f"eval/{task}/")
+        if vis:
+            writer.images(it, {f"val/{i}": img for i, img in enumerate(vis)})
+        writer.flush()
+        self.model.train()
+        return metrics
+
+
+def _update_meters(meters: dict, result: StepResult) -> None:
+    for k, v in result.values.items():
+        meters[k].update(v)
+    meters["time"].update(result.seconds)
+    meters["data"].update(result.data_seconds)
+
+
+def _eval_due(config: ml_collections.ConfigDict, it: int, iters_per_epoch: int) -> bool:
+    epoch_end = config.eval.per_epoch and iters_per_epoch and it % iters_per_epoch == 0
+    return bool((config.eval.period and it % config.eval.period == 0) or epoch_end)
+
+
+def _reached_target(metrics: dict, config) -> bool:
+    e = config.eval
+    if e.min_bbox_map <= 0 and e.min_mask_map <= 0:
+        return False
+    box_ok = metrics.get("bbox", {}).get("AP", 0.0) >= e.min_bbox_map
+    mask_ok = (not config.model.mask_on) or metrics.get("segm", {}).get("AP", 0.0) >= e.min_mask_map
+    return box_ok and mask_ok
+
+
+def _log_target(it: int, metrics: dict, config) -> None:
+    log.info("target reached at iteration %d (bbox AP %.4f >= %.4f, segm AP %.4f >= %.4f): "
+             "stopping", it, metrics["bbox"]["AP"], config.eval.min_bbox_map,
+             metrics.get("segm", {}).get("AP", 0.0), config.eval.min_mask_map)
