@@ -168,7 +168,7 @@ def with_caption(image: Tensor, lines: Sequence[str], font_size: int = 13) -> Te
     import numpy as np
     from PIL import Image, ImageDraw
 
-    h, w = image.shape[1:]
+    w = image.shape[2]
     font = _font(font_size)
     line_h = font_size + 4
     band = Image.new("RGB", (int(w), line_h * len(lines) + 6), "white")

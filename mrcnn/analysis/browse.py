@@ -16,6 +16,7 @@ maybe flipped; crowd and dropped annotations are not in it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,8 +31,14 @@ from pycocotools import mask as mask_util
 from mrcnn.analysis.plots import font_path
 from mrcnn.analysis.sources import write_file
 from mrcnn.data import annotations as ann_lib
-from mrcnn.visualize import (class_color, contact_sheet, draw_instances, enlarge, save_png,
-                             with_caption)
+from mrcnn.visualize import (
+    class_color,
+    contact_sheet,
+    draw_instances,
+    enlarge,
+    save_png,
+    with_caption,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,54 +48,78 @@ MIN_SIDE = 384
 LABEL_FONT = {"font": font_path(), "font_size": 14}
 
 
-def annotation_verdict(path: str, image: dict, ann: Any, categories: list,
-                       with_masks: bool) -> tuple[str, str]:
-    """("kept" | "crowd" | "skipped", why) for one raw annotation, from the parser itself: it
-    parses a file holding only this image and annotation, so the reason is exactly what
-    training would log (checks across annotations, such as duplicate ids, are not seen)."""
-    data = {"images": [image], "categories": categories, "annotations": [ann]}
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What the parser does with one raw annotation. status: "kept" | "crowd" | "skipped";
+    why: its reason; region: a crowd's segmentation as the parser validated it (None else)."""
+
+    status: str
+    why: str
+    region: Any = None
+
+
+def _parse_one(data: dict, training: bool, with_masks: bool) -> ann_lib.ParsedAnnotations:
     fd, tmp = tempfile.mkstemp(suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
-        parsed = ann_lib.parse_coco_json(tmp, on_bad="fail", training=True,
-                                         with_masks=with_masks)
-    except ann_lib.AnnotationError as e:
-        # The message starts with the temporary file's name and ends with a hint about
-        # on_bad_annotation: keep the part about the record.
-        why = str(e).replace(tmp + ": ", "").split(" (set --config.data.on_bad")[0]
-        return "skipped", why
+        try:
+            return ann_lib.parse_coco_json(tmp, on_bad="fail", training=training,
+                                           with_masks=with_masks)
+        except ann_lib.AnnotationError as e:
+            # The message starts with the temporary file's name and ends with a hint about
+            # on_bad_annotation: keep the part about the record.
+            raise ann_lib.AnnotationError(
+                str(e).replace(tmp + ": ", "").split(" (set --config.data.on_bad")[0]) from None
     finally:
         os.unlink(tmp)
+
+
+def annotation_verdict(image: dict, ann: Any, categories: list, with_masks: bool) -> Verdict:
+    """The parser's verdict on one raw annotation: it parses a file holding only this image
+    and annotation, so the reason is exactly what training would log (checks across
+    annotations, such as duplicate ids, are not seen). Raw segmentations never reach
+    pycocotools (a garbage RLE hangs it): a crowd region is drawn from the test-mode parse,
+    which validates crowds too; a skipped annotation is drawn as its box."""
+    data = {"images": [image], "categories": categories, "annotations": [ann]}
+    try:
+        parsed = _parse_one(data, True, with_masks)
+    except ann_lib.AnnotationError as e:
+        return Verdict("skipped", str(e))
     if parsed.counts.get("crowd"):
-        return "crowd", "iscrowd=1: ignored in training"
+        region = None
+        if with_masks:
+            from mrcnn.data import coco_gt
+
+            anns = coco_gt(_parse_one(data, False, with_masks), "segm")["annotations"]
+            region = anns[0]["segmentation"] if anns else None
+        return Verdict("crowd", "iscrowd=1: ignored in training", region)
     if parsed.records and len(parsed.records[0]):
         n = parsed.counts.get("degenerate_polygon_part", 0)
-        return "kept", f"{n} polygon part(s) with < 3 points dropped" if n else ""
-    reasons = ", ".join(k.replace("_", " ") for k in parsed.counts) or "dropped"
-    return "skipped", reasons
+        return Verdict("kept", f"{n} polygon part(s) with < 3 points dropped" if n else "")
+    return Verdict("skipped", ", ".join(k.replace("_", " ") for k in parsed.counts) or "dropped")
 
 
-def _raw_masks(anns: list[dict], h: int, w: int) -> torch.Tensor:
-    """Masks of raw annotations (polygons or RLE, as in the json), zeros where unreadable."""
-    out = np.zeros((len(anns), h, w), dtype=np.uint8)
-    for i, a in enumerate(anns):
-        seg = a.get("segmentation")
-        try:
-            rles = mask_util.frPyObjects(seg, h, w) if isinstance(seg, list) else (
-                mask_util.frPyObjects(seg, h, w) if isinstance(seg.get("counts"), list)
-                else seg)
-            out[i] = mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles)
-        except Exception:  # a malformed segmentation is drawn as its box only
-            continue
+def _region_masks(regions: list, h: int, w: int) -> torch.Tensor:
+    """Masks of validated segmentations (polygons or RLE); zeros for None."""
+    out = np.zeros((len(regions), h, w), dtype=np.uint8)
+    for i, seg in enumerate(regions):
+        if isinstance(seg, list) and seg:
+            out[i] = mask_util.decode(mask_util.merge(mask_util.frPyObjects(seg, h, w)))
+        elif isinstance(seg, dict):
+            counts = seg["counts"]
+            rle = {"size": seg["size"], "counts": counts.encode() if isinstance(counts, str)
+                   else counts}
+            out[i] = mask_util.decode(rle)
     return torch.from_numpy(out)
 
 
 def _raw_box(a: dict) -> list[float] | None:
     b = a.get("bbox") if isinstance(a, dict) else None
-    if isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b):
-        if all(np.isfinite(b)) and b[2] > 0 and b[3] > 0:
-            return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+    ok = isinstance(b, list) and len(b) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+    if ok and all(np.isfinite(b)) and b[2] > 0 and b[3] > 0:
+        return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
     return None
 
 
@@ -108,7 +139,7 @@ def record_masks(rec: ann_lib.ImageRecord) -> torch.Tensor:
 
 
 def draw_original(image: torch.Tensor, rec: ann_lib.ImageRecord | None, raw: list[dict],
-                  verdicts: list[tuple[str, str]], names, with_masks: bool) -> torch.Tensor:
+                  verdicts: list[Verdict], names, with_masks: bool) -> torch.Tensor:
     """Kept instances in their class colours, crowd regions grey, skipped annotations red
     with their number in `raw` order ("#3 skipped"), enlarged when small."""
     h, w = image.shape[1:]
@@ -117,18 +148,18 @@ def draw_original(image: torch.Tensor, rec: ann_lib.ImageRecord | None, raw: lis
     boxes = rec.boxes.tolist() if n_kept else []
     colors = [class_color(int(lab)) for lab in rec.labels] if n_kept else []
     texts = [names(int(lab)) for lab in rec.labels] if n_kept else []
-    marked = [(i, a, _raw_box(a)) for i, (a, (v, _)) in enumerate(zip(raw, verdicts))
-              if v != "kept"]
-    marked = [(i, a, b) for i, a, b in marked if b is not None]  # no box: listed, not drawn
-    for i, _, b in marked:
-        crowd = verdicts[i][0] == "crowd"
+    marked = [(i, _raw_box(a)) for i, (a, v) in enumerate(zip(raw, verdicts))
+              if v.status != "kept"]
+    marked = [(i, b) for i, b in marked if b is not None]  # no box: listed, not drawn
+    for i, b in marked:
+        crowd = verdicts[i].status == "crowd"
         boxes.append(b)
         colors.append(CROWD_COLOR if crowd else SKIPPED_COLOR)
         texts.append("crowd" if crowd else f"#{i} skipped")
     masks = None
     if with_masks:
         kept = record_masks(rec) if n_kept else torch.zeros((0, h, w), dtype=torch.uint8)
-        masks = torch.cat([kept, _raw_masks([a for _, a, _ in marked], h, w)])
+        masks = torch.cat([kept, _region_masks([verdicts[i].region for i, _ in marked], h, w)])
         masks = masks.repeat_interleave(s, 1).repeat_interleave(s, 2) if s > 1 else masks
     box_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) * s
     return draw_instances(big, box_t, colors, texts, masks, **LABEL_FONT)
@@ -205,13 +236,13 @@ def _draw_one(config, ctx: dict, rec: ann_lib.ImageRecord, j: int) -> tuple[torc
     from mrcnn.data import load_image
 
     raw = ctx["anns"].get(rec.image_id, [])
-    verdicts = [annotation_verdict(ctx["ann_file"], ctx["images"][rec.image_id], a,
-                                   ctx["categories"], ctx["with_masks"]) for a in raw]
+    verdicts = [annotation_verdict(ctx["images"][rec.image_id], a, ctx["categories"],
+                                   ctx["with_masks"]) for a in raw]
     entry = {"image_id": rec.image_id, "file_name": rec.file_name, "kept": len(rec),
-             "crowd": sum(v == "crowd" for v, _ in verdicts),
+             "crowd": sum(v.status == "crowd" for v in verdicts),
              "skipped": [{"index": i, "annotation_id": a.get("id") if isinstance(a, dict)
-                          else None, "why": why}
-                         for i, (a, (v, why)) in enumerate(zip(raw, verdicts)) if v == "skipped"]}
+                          else None, "why": v.why}
+                         for i, (a, v) in enumerate(zip(raw, verdicts)) if v.status == "skipped"]}
     caption = [f"image {rec.image_id} ({rec.file_name}): {len(rec)} kept, "
                f"{entry['crowd']} crowd, {len(entry['skipped'])} skipped"]
     if ctx["dataset"] is not None:

@@ -17,6 +17,7 @@ import glob
 import html
 import json
 import logging
+import math
 import os
 import time
 import traceback
@@ -101,7 +102,8 @@ def _command(config_name: str, mode: str, workdir: str) -> str:
 
 
 def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and v != v) or v < 0 else f"{100 * v:.1f}"
+    """AP in percent; "-" for none, NaN or pycocotools' -1 (no objects of that kind)."""
+    return "-" if v is None or math.isnan(v) or v < 0 else f"{100 * v:.1f}"
 
 
 def _section_run(page: _Page, name: str, evals: list[src.Evaluation], metrics: dict) -> None:

@@ -16,8 +16,8 @@ import json
 import os
 import re
 import tempfile
-from types import SimpleNamespace
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import ml_collections

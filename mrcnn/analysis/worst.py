@@ -14,7 +14,14 @@ from pycocotools.coco import COCO
 
 from mrcnn.analysis import plots
 from mrcnn.analysis.sources import results_coco, run_cocoeval
-from mrcnn.visualize import class_color, draw_instances, enlarge, save_png, side_by_side, with_caption
+from mrcnn.visualize import (
+    class_color,
+    draw_instances,
+    enlarge,
+    save_png,
+    side_by_side,
+    with_caption,
+)
 
 # Small images (the shapes demo is 128 px) are enlarged to about this long side before
 # drawing, so box labels stay readable.

@@ -28,6 +28,9 @@ BAD_TRAIN = {
          "segmentation": [[40, 2, 50, 2, 50]]},
         {"id": 105, "image_id": 1, "category_id": 99, "bbox": [2, 40, 10, 10], "iscrowd": 0,
          "segmentation": [[2, 40, 12, 40, 12, 50, 2, 50]]},
+        # Garbage RLE counts (they would hang pycocotools' decoder): skipped, drawn as a box.
+        {"id": 106, "image_id": 1, "category_id": 2, "bbox": [40, 40, 10, 10], "iscrowd": 0,
+         "segmentation": {"size": [64, 64], "counts": "\u00ff\u00fe garbage"}},
         {"id": 201, "image_id": 2, "category_id": 2, "bbox": [10, 10, 30, 30], "iscrowd": 0,
          "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]]},
     ],
@@ -44,26 +47,43 @@ def bad_train(tiny, tiny_config, tmp_path):
     return tiny_config
 
 
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def test_browse_names_what_the_parser_skipped(bad_train, tmp_path):
     bad_train.browse.images = (1, "002.png")
     out = browse.run(bad_train, str(tmp_path / "wd"), None)
     first, second = out["images"]
     assert (first["image_id"], first["kept"], first["crowd"]) == (1, 1, 1)
     why = {s["annotation_id"]: s["why"] for s in first["skipped"]}
-    assert set(why) == {103, 104, 105}
+    assert set(why) == {103, 104, 105, 106}
     assert "zero size box" in why[103]
     assert "odd number of coordinates" in why[104]
     assert "category_id 99" in why[105]
     assert second["image_id"] == 2 and second["kept"] == 1 and not second["skipped"]
-    assert out["counts"]["crowd"] == 1 and out["counts"]["bad_annotation"] == 2
+    assert "RLE" in why[106] or "counts" in why[106]
+    assert out["counts"]["crowd"] == 1 and out["counts"]["bad_annotation"] == 3
     for e in out["images"]:
         assert os.path.isfile(os.path.join(out["dir"], e["png"]))
     assert os.path.isfile(out["sheet"])
     with open(out["index"]) as f:
         assert json.load(f)["images"][0]["skipped"][0]["index"] == 2
     page = report.write_report(str(tmp_path / "wd"), bad_train)
-    text = open(page).read()
+    text = _read(page)
     assert "odd number of coordinates" in text and "sheet.png" in text
+
+
+def test_verdicts_and_crowd_region():
+    image, cats = BAD_TRAIN["images"][0], BAD_TRAIN["categories"]
+    anns = {a["id"]: a for a in BAD_TRAIN["annotations"]}
+    crowd = browse.annotation_verdict(image, anns[102], cats, with_masks=True)
+    assert crowd.status == "crowd" and crowd.region  # the validated polygon, to be drawn
+    masks = browse._region_masks([crowd.region, None], 64, 64)
+    assert masks[0].sum() == 400 and masks[1].sum() == 0
+    assert browse.annotation_verdict(image, anns[101], cats, True).status == "kept"
+    assert browse.annotation_verdict(image, anns[104], cats, False).status == "kept"  # boxes only
 
 
 def test_browse_augmented_and_random_pick(bad_train, tmp_path):
@@ -128,14 +148,14 @@ def test_curves_read_and_overlay(tmp_path):
 def test_report_on_an_empty_or_broken_workdir(tmp_path):
     wd = str(tmp_path / "empty")
     page = report.write_report(wd, None)
-    text = open(page).read()
+    text = _read(page)
     assert text.startswith("<!doctype html>") and "No evaluation yet" in text
     assert "Not analysed yet" in text and "<img" not in text
     os.makedirs(os.path.join(wd, "analysis"))
     with open(os.path.join(wd, "analysis", "summary.json"), "w") as f:
         f.write("{garbage")
-    assert "Not analysed yet" in open(report.write_report(wd, None)).read()
+    assert "Not analysed yet" in _read(report.write_report(wd, None))
     with open(os.path.join(wd, "analysis", "summary.json"), "w") as f:
         json.dump({"tasks": {"bbox": {}}}, f)  # an older or foreign layout
-    text = open(report.write_report(wd, None)).read()
+    text = _read(report.write_report(wd, None))
     assert "Analysis could not be shown" in text and "</html>" in text

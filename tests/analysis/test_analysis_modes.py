@@ -8,10 +8,14 @@ import io
 import json
 import os
 
-import numpy as np
 import pytest
 
-from mrcnn.analysis import analyze, browse, curves, report, sources
+from mrcnn.analysis import analyze, sources
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def _write(path, obj):
@@ -85,7 +89,7 @@ def _check_links(page_path, p):
             continue
         assert "://" not in link and not link.startswith("//"), link
         assert os.path.exists(os.path.join(base, link)), (tag, link)
-    assert "<script" not in open(page_path).read()
+    assert "<script" not in _read(page_path)
 
 
 def test_analyze_writes_everything_and_the_report(evaluated_workdir, tiny_config):
@@ -117,7 +121,7 @@ def test_analyze_flags_a_different_ground_truth(evaluated_workdir, tiny_config):
     _write(path, {"bbox": {"AP": 0.9}, "segm": {"AP": 0.9}})
     s = analyze.run(tiny_config, evaluated_workdir, None)
     assert not s["tasks"]["bbox"]["matches_recorded"]
-    assert "is not the evaluation's" in open(s["report"]).read()
+    assert "is not the evaluation's" in _read(s["report"])
 
 
 def test_analyze_needs_an_evaluation(tmp_path, tiny_config):
