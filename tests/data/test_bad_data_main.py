@@ -102,7 +102,7 @@ def test_training_on_damaged_data_finishes_and_logs_the_skips(root, tmp_path, ca
     assert counts[-1]["data/bad_annotation"] == 2
     assert lines[-1]["iter"] == 3
     log = open(os.path.join(w, "log.txt")).read()
-    assert "skipping unreadable training image" in log and "004.png" in log and "005.png" in log
+    assert "skipping unusable training image" in log and "004.png" in log and "005.png" in log
     assert "annotation 900" in log and "annotation 901" in log  # the skipped records, named
 
 
@@ -136,12 +136,18 @@ def _clean(ann_file, d, img_dir):
         (_break_json, {}, {}, ["AnnotationError", "ann.json: not valid JSON"]),
         (_unknown_category, {}, {}, ["ann.json: image 2, annotation 101: category_id 99"]),
         (_missing_image, {"on_bad_image": "fail"}, {}, ["ImageError", "images/001.png"]),
-        # The model has fewer outputs than the data has categories: a config error.
+        # The model's outputs do not fit the data's categories (fewer or more): a config error.
         (
             _clean,
             {},
             {"num_classes": 3},
-            ["ConfigError", "config.model.num_classes=3", "num_classes=4"],
+            ["CategoryTableError", "config.model.num_classes=3", "num_classes=4"],
+        ),
+        (
+            _clean,
+            {},
+            {"num_classes": 5},
+            ["CategoryTableError", "config.model.num_classes=5", "num_classes=4"],
         ),
     ],
 )

@@ -66,10 +66,15 @@ def test_dataset_meta_mappings_and_coco_fallback(
     assert shapes_meta.names == ("square", "circle", "triangle") and shapes_meta.num_classes == 4
 
 
-def test_num_classes_smaller_than_the_dataset_is_an_error(small_config, shapes_root):
+@pytest.mark.parametrize("num_classes", [3, 5])
+def test_num_classes_that_does_not_fit_the_dataset_is_an_error(
+    small_config, shapes_root, num_classes
+):
+    # Larger is an error too: the extra outputs would be labels no category id maps back to.
     c = small_config(shapes_root)
-    c.model.num_classes = 3
-    with pytest.raises(ValueError, match="config.model.num_classes=3.*num_classes=4"):
+    c.model.num_classes = num_classes
+    pattern = f"config.model.num_classes={num_classes}.*num_classes=4"
+    with pytest.raises(data.CategoryTableError, match=pattern):
         data.build_train_loader(c)
 
 
