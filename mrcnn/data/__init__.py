@@ -1,12 +1,16 @@
-"""The data pipeline: COCO-format datasets, transforms, deterministic samplers, loaders, and the
-synthetic shapes dataset.
+"""The data pipeline: COCO-format datasets, transforms, deterministic samplers, loaders, the
+evaluation ground truth, category tables and the synthetic shapes dataset.
 
-    from mrcnn.data import build_train_loader, build_test_loader, get_dataset_meta
+    from mrcnn.data import build_train_loader, build_test_loader, category_table, coco_gt
 
-Files, one subject each: catalog (names -> paths, COCO categories), annotations (json parsing
-and validation), image_io (decoding), transforms (resize / flip / normalize), collate (padding,
-Batch), samplers (which images each step sees), coco (datasets), meta (labels <-> category ids),
-shapes (the generated dataset), loaders (the builders), serialize (worker-friendly storage).
+Files, one subject each: catalog (the only resolver of dataset names: names -> paths, shapes
+parameters), annotations (json parsing and validation), coco_gt (the ground truth pycocotools
+sees, from the validated records), image_io (bounded reads, decoding), transforms (resize / flip
+/ normalize), lsj (large-scale jitter), collate (padding, Batch), samplers (which images each
+step sees), coco (datasets), meta (CategoryTable: labels <-> category ids <-> names, matching a
+val set by id), coco_categories (COCO's 80), shapes (the generator: a pure function of its
+parameters and a root), loaders (the builders; worker errors re-raised as themselves),
+serialize (worker-friendly storage).
 """
 
 from mrcnn.data.annotations import AnnotationError

@@ -1,24 +1,31 @@
 """Reading a COCO-format annotation json into validated, compact per-image records.
 
-The json is parsed as data (the stdlib parser pycocotools uses; nothing is evaluated) and every
-record the pipeline relies on is checked before any C code (pycocotools' RLE routines) sees it.
+The json is parsed as data (the stdlib parser pycocotools uses; nothing is evaluated; a UTF-8
+BOM is accepted) and every record the pipeline relies on is checked before any C code
+(pycocotools' RLE routines) sees it. The evaluation ground truth is built from what is accepted
+here (`coco_gt.py`), never from the raw file.
 
 What is checked, and what happens (`on_bad` is `data.on_bad_annotation`):
-- not JSON, not an object, no "images" / "categories" list, bad or duplicate categories:
-  `AnnotationError` always (the file as a whole is unusable);
-- an image record without a positive integer id / height / width or a string file_name, or a
-  duplicate image id: "fail" -> `AnnotationError`; "skip" -> the image and its annotations are
-  dropped and counted (`bad_image_record`);
+- not JSON (the message has the line and column), not an object, no "images" / "categories"
+  list, bad or duplicate categories: `AnnotationError` always (the file is unusable);
+- an image record without an integer id, positive integer height / width or a string
+  file_name (relative, sub-folders allowed, no ".."), or a duplicate image id: "fail" ->
+  `AnnotationError`; "skip" -> the image and its annotations are dropped and counted
+  (`bad_image_record`);
 - an annotation that is not an object, lacks id / image_id / category_id / bbox (/ segmentation
-  when masks are wanted), names an unknown image or category, has a non-finite bbox, a duplicate
-  id, or a malformed segmentation (polygons with NaN coordinates, odd length, coordinates far
-  outside the image, no part with >= 3 points; RLE whose size is not the image's or whose counts
-  do not cover it): "fail" -> `AnnotationError` naming the file, image id and annotation id;
-  "skip" -> dropped and counted (`bad_annotation`);
+  when masks are wanted), names an unknown image or category, has a non-finite bbox, an `area`
+  that is not a finite number >= 0, a duplicate id, or a malformed segmentation (polygons with
+  NaN coordinates, odd length, coordinates far outside the image, no part with >= 3 points; RLE
+  whose size is not the image's or whose counts do not cover it): "fail" -> `AnnotationError`
+  naming the file, image id and annotation id; "skip" -> dropped and counted (`bad_annotation`);
 - always dropped and counted, never an error: boxes of zero or negative size, thinner than
   `MIN_BOX_SIDE` or empty once clipped to the image (`zero_size_box`); polygon parts with fewer
   than 3 points when the instance has other, valid parts (`degenerate_polygon_part`, they enclose
-  no area); crowd annotations in training (`crowd`, ignored as the seed does).
+  no area); crowd annotations in training (`crowd`, ignored as the seed does); box-only objects
+  (`"segmentation": []`, as CVAT and Roboflow write rectangles) in mask training (`box_only`);
+- missing `iscrowd` is 0, missing `area` is computed for evaluation; extra keys are ignored;
+  categories that name no class and no annotation uses (Roboflow's group category, labelme's
+  `_background_`) are left out with a warning.
 """
 
 from __future__ import annotations
