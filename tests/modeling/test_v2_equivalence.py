@@ -106,3 +106,47 @@ def test_v2_inference_equals_torchvision(models):
             det = ours(ImageBatch(batch.tensors, batch.image_sizes))[0]
         final = detections_to_original(det, batch.image_sizes[0], tuple(img.shape[-2:]))
         _compare(expected, final)
+
+
+def test_ready_config_predicts_with_the_weights_flag_only(models, tmp_path):
+    """`main.py --mode=predict` with configs/coco_torchvision_v2.py and the torchvision file:
+    the predictions are torchvision's (the default fast paths round differently: compared to
+    1e-3, each of torchvision's detections matched by label and box)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    tv, _, images, weights = models
+    img8 = (images[2] * 255).round().to(torch.uint8)
+    png = tmp_path / "portrait.png"
+    Image.fromarray(img8.permute(1, 2, 0).numpy()).save(png)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(root, "main.py"), "--config=configs/coco_torchvision_v2.py",
+           "--mode=predict", f"--workdir={workdir}", f"--config.init.weights={weights}",
+           f"--config.predict.input={png}",
+           "--config.predict.score_thresh=0.05"]  # the random model's scores are ~0.2
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    preds = json.loads((workdir / "predictions.json").read_text())
+    assert (workdir / "predictions").is_dir()
+    tv.transform.min_size, tv.transform.max_size = (800,), 1333  # the config's test size
+    try:
+        with torch.no_grad():
+            exp = tv([img8.float() / 255])[0]
+    finally:
+        tv.transform.min_size, tv.transform.max_size = (MIN_SIZE,), MAX_SIZE
+    assert len(preds) == len(exp["boxes"]) > 10
+    xywh = torch.tensor([p["bbox"] for p in preds])
+    ours = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    labels = torch.tensor([p["category_id"] for p in preds])
+    scores = torch.tensor([p["score"] for p in preds])
+    iou = torchvision.ops.box_iou(exp["boxes"], ours)
+    close = (exp["scores"][:, None] - scores[None]).abs() < 1e-3
+    same = (exp["labels"][:, None] == labels[None]) & close
+    matched = ((iou > 0.99) & same).any(1)
+    assert matched.float().mean() >= 0.95, f"{int((~matched).sum())} of {len(matched)} unmatched"
