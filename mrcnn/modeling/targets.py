@@ -69,27 +69,13 @@ def match_gt(
 ) -> Tensor:
     """matcher.match on _quality(gt, boxes), boxes [N, 4] (shared) or [B, N, 4] -> int64 [B, N].
 
-    ops.match_boxes computes exactly that, bit for bit, in one fused kernel; the Python path
-    (used without compiled kernels for the device) matches chunks of images.
+    ops.match_boxes computes exactly that, bit for bit, in one fused kernel (and falls back to
+    ops.reference, one image at a time, where no kernel serves the device).
     """
     dtype = torch.promote_types(gt.boxes.dtype, boxes.dtype)  # as pairwise_iou would compute
-    if ops.has_kernels(boxes):
-        return ops.match_boxes(
-            gt.boxes.to(dtype), gt.valid, boxes.to(dtype), high, low, allow_low_quality_matches
-        )
-    b, m = gt.valid.shape
-    chunk = max(1, MAX_IOU_ENTRIES // max(1, m * boxes.shape[-2]))
-    parts = []
-    for i in range(0, b, chunk):
-        sub = PaddedGT(gt.boxes[i : i + chunk], gt.labels[i : i + chunk], gt.valid[i : i + chunk])
-        sub_boxes = boxes if boxes.dim() == 2 else boxes[i : i + chunk]
-        parts.append(
-            match(
-                _quality(sub, sub_boxes), high, low,
-                allow_low_quality_matches=allow_low_quality_matches, gt_valid=sub.valid,
-            )
-        )
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    return ops.match_boxes(
+        gt.boxes.to(dtype), gt.valid, boxes.to(dtype), high, low, allow_low_quality_matches
+    )
 
 
 def rpn_targets(
@@ -142,7 +128,8 @@ class RoISamples:
         return self.labels >= 0
 
     def take(self, rows: Tensor, per_image: int) -> RoISamples:
-        """The samples at `rows` int64 [R'] (e.g. a compaction), `per_image` slots each."""
+        """The samples at `rows` int64 [R'], laid out in `per_image` slots per image (0 when
+        they are no longer in fixed slots, e.g. after a compaction)."""
         return RoISamples(
             self.boxes[rows], self.batch_idx[rows], self.labels[rows], self.matched_gt[rows],
             self.regression_targets[rows], per_image,
