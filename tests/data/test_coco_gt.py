@@ -11,6 +11,8 @@ import sys
 import textwrap
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import pytest
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
@@ -271,3 +273,104 @@ def test_a_utf8_bom_and_extra_keys_are_accepted(tmp_path):
     gt = data.coco_gt(A.parse_coco_json(path, training=False))
     assert len(gt["annotations"]) == len(d["annotations"])
     assert all("attributes" not in a for a in gt["annotations"])
+
+
+_number = st.one_of(
+    st.floats(-200, 200, allow_nan=False),
+    st.sampled_from([float("nan"), float("inf"), 1e12, -1e12, 0.0]),
+    st.integers(-100, 300),
+)
+_coord = st.floats(-3, 90, allow_nan=False)
+# Mostly plausible records (so that many are accepted and reach pycocotools), some wild.
+_plausible_box = st.tuples(
+    st.floats(0, 50), st.floats(0, 40), st.floats(1, 30), st.floats(1, 20)
+).map(list)
+_box = st.one_of(_plausible_box, st.lists(_number, min_size=3, max_size=5))
+_part = st.lists(st.tuples(_coord, _coord), min_size=3, max_size=6).map(
+    lambda pts: [v for p in pts for v in p]
+)
+_plausible_polygon = st.lists(_part, min_size=1, max_size=2)
+_polygon = st.one_of(
+    _plausible_polygon,
+    st.lists(st.lists(_coord, min_size=0, max_size=8), min_size=1, max_size=3),
+    st.lists(st.lists(_number, min_size=0, max_size=10), min_size=0, max_size=3),
+)
+_rle = st.one_of(
+    st.fixed_dictionaries(
+        {"size": st.sampled_from([[H, W], [W, H], [H, W, 1]]),
+         "counts": st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=130),
+                           max_size=30)}
+    ),
+    st.fixed_dictionaries(
+        {"size": st.just([H, W]),
+         "counts": st.one_of(st.lists(st.integers(-5, H * W), max_size=6),
+                             st.integers(0, H * W).map(lambda k: [k, H * W - k]))}
+    ),
+)
+_fuzz_ann = st.fixed_dictionaries(
+    {
+        "category_id": st.sampled_from([3, 7, 42, 42, 99]),
+        "bbox": _box,
+        "segmentation": st.one_of(_polygon, _polygon, _rle),
+    },
+    optional={
+        "area": st.one_of(st.floats(0, 5000), _number, st.just("12")),
+        "iscrowd": st.sampled_from([0, 1, 2, True]),
+    },
+)
+
+
+def _rect_rle(r: tuple[int, int, int, int]) -> dict:
+    m = np.zeros((H, W), np.uint8, order="F")
+    m[r[1] : r[1] + r[3], r[0] : r[0] + r[2]] = 1
+    return {"size": [H, W], "counts": mask_util.encode(m)["counts"].decode("ascii")}
+
+
+_valid_rle = st.one_of(
+    st.tuples(st.integers(0, W), st.integers(0, H), st.integers(0, 40), st.integers(0, 40)).map(
+        _rect_rle
+    ),
+    st.integers(0, H * W).map(lambda k: {"size": [H, W], "counts": [k, H * W - k]}),
+)
+# Records our parser should accept (so that plenty reach pycocotools), beside the wild ones.
+_plausible_ann = st.fixed_dictionaries(
+    {
+        "category_id": st.sampled_from([3, 7, 42]),
+        "bbox": _plausible_box,
+        "segmentation": st.one_of(_plausible_polygon, _valid_rle),
+    },
+    optional={"area": st.floats(0, 5000), "iscrowd": st.sampled_from([0, 1])},
+)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(good=st.lists(_plausible_ann, max_size=5), wild=st.lists(_fuzz_ann, max_size=4))
+def test_fuzzed_annotations_never_break_or_hang_pycocotools(tmp_path_factory, good, wild):
+    anns = good + wild
+    import faulthandler
+
+    d = _valid_dataset(np.random.default_rng(7), n_images=2)
+    for k, a in enumerate(anns):
+        d["annotations"].append(dict(a, id=50000 + k, image_id=1 + k % 2))
+    path = _write(tmp_path_factory.mktemp("fuzz"), d)
+    # A hang inside pycocotools' C code cannot be interrupted: fail loudly instead of forever.
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        parsed = A.parse_coco_json(path, on_bad="skip", training=False)
+        for iou_type in ("bbox", "segm"):
+            gt = data.coco_api(data.coco_gt(parsed, iou_type))
+            dets = [
+                {"image_id": a["image_id"], "category_id": a["category_id"],
+                 "bbox": a["bbox"], "score": 0.5, "segmentation": gt.annToRLE(a)}
+                for a in gt.dataset["annotations"]
+                if "segmentation" in a
+            ]
+            no_area = {a["id"] for a in d["annotations"] if "area" not in a}
+            for a in gt.dataset["annotations"]:
+                assert a["iscrowd"] in (0, 1) and np.isfinite(a["area"]) and a["area"] >= 0
+                if a["id"] in no_area and "segmentation" in a and iou_type == "bbox":
+                    assert a["area"] == float(mask_util.area(gt.annToRLE(a)))  # COCO's area
+            assert 0 <= _stats(gt, dets, iou_type)[0] <= 1.0 or not dets
+    finally:
+        faulthandler.cancel_dump_traceback_later()
