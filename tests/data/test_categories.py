@@ -150,3 +150,48 @@ def test_a_roboflow_group_category_is_not_a_class(tmp_path, caplog):
     # Used by an annotation, it is a class after all.
     used = _ann_file(tmp_path, "u.json", cats, [dict(ann, category_id=0)])
     assert [c for c, _ in A.read_categories(used)] == [0, 1, 2]
+
+
+def test_a_superset_val_set_is_evaluated_by_id_with_unknown_objects_never_detected(tmp_path):
+    """The scenario that went silently wrong: trained on [7, 42, 1000], evaluated on a val set
+    listing [5, 7, 42]. Perfect detections mapped through the model's table score AP 1 on 7 and
+    42, and category 5's objects count as missed: AP (1 + 1 + 0) / 3; a mapping through the val
+    file's list by position would have reported category ids 5 and 7 for labels 1 and 2."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    table = CategoryTable.from_categories([(7, "cat"), (42, "dog"), (1000, "eel")])
+    val_cats = [{"id": 5, "name": "ant"}, {"id": 7, "name": "cat"}, {"id": 42, "name": "dog"}]
+    boxes = {5: [2, 2, 10, 10], 7: [20, 5, 12, 10], 42: [5, 25, 15, 10]}
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3],
+         "iscrowd": 0}
+        for i, (c, b) in enumerate(boxes.items())
+    ]
+    d = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 40}],
+        "annotations": anns,
+        "categories": val_cats,
+    }
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(d))
+    parsed = A.parse_coco_json(str(path), training=False, with_masks=False)
+    match = match_categories(table, parsed.categories, where=str(path))
+    assert match.unknown == (5,) and match.absent == (1000,)
+    gt = data.coco_api(data.coco_gt(parsed))
+    # The model predicts labels 1 (cat) and 2 (dog) on their objects, 3 (eel) somewhere empty.
+    labels = torch.tensor([1, 2, 3])
+    cats = table.label_to_category_id(labels).tolist()
+    assert cats == [7, 42, 1000]
+    dets = [
+        {"image_id": 1, "category_id": c, "bbox": b, "score": 0.9}
+        for c, b in zip(cats, [boxes[7], boxes[42], [30, 30, 5, 5]])
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        e = COCOeval(gt, gt.loadRes(dets), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    assert e.stats[1] == pytest.approx(2 / 3, abs=1e-6)  # AP50 over the val set's categories
