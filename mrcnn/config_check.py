@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import ml_collections
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -36,8 +40,7 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
               f"the global test batch must be > 0 and divide by the world size {world_size}")
     if s.max_iter <= 0:
         _fail("solver.max_iter", s.max_iter, "must be > 0")
-    if mode == "train" and s.warmup_iters > s.max_iter:
-        _fail("solver.warmup_iters", s.warmup_iters, f"exceeds solver.max_iter={s.max_iter}")
+    _validate_schedule(s, mode)
     if list(s.steps) != sorted(s.steps):
         _fail("solver.steps", s.steps, "must be increasing")
     if not 0 < s.warmup_factor <= 1:
@@ -76,6 +79,8 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
             "2 x (pooler_resolution // 2) with C4 (res5 halves the pooled features)",
         )
     i = config.input
+    if not tuple(i.min_size_train):
+        _fail("input.min_size_train", tuple(i.min_size_train), "give at least one size, e.g. (800,)")
     if min(i.min_size_train) <= 0 or i.max_size_train <= 0:
         _fail("input.min_size_train", i.min_size_train, "sizes must be > 0")
     if len(i.pixel_mean) != 3 or len(i.pixel_std) != 3 or min(i.pixel_std) <= 0:
@@ -86,10 +91,61 @@ def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str =
         _fail("data.on_bad_image", config.data.on_bad_image, "must be skip or fail")
     if config.data.on_bad_annotation not in ("skip", "fail"):
         _fail("data.on_bad_annotation", config.data.on_bad_annotation, "must be skip or fail")
+    _validate_run(config)
     _validate_lsj(config)
     _validate_perf(config, mode)
     if mode == "predict" and not config.predict.input:
         _fail("predict.input", config.predict.input, "set it to an image file, folder or glob")
+
+
+def _validate_schedule(s: ml_collections.ConfigDict, mode: str) -> None:
+    """Impossible values are errors; a schedule longer than a shortened run is only a warning
+    (smoke runs shorten max_iter all the time): the schedule then does what it says, up to
+    max_iter."""
+    if s.warmup_method not in ("linear", "constant"):
+        _fail("solver.warmup_method", s.warmup_method, "must be linear or constant")
+    if s.warmup_iters < 0:
+        _fail("solver.warmup_iters", s.warmup_iters, "must be >= 0")
+    if any(step <= 0 for step in s.steps):
+        _fail("solver.steps", tuple(s.steps), "must be > 0")
+    if mode != "train":
+        return
+    if s.warmup_iters > s.max_iter:
+        log.warning("config.solver.warmup_iters=%d exceeds solver.max_iter=%d: the whole run "
+                    "is in warmup", s.warmup_iters, s.max_iter)
+    late = [step for step in s.steps if step >= s.max_iter]
+    if late:
+        log.warning("config.solver.steps %s are at or past solver.max_iter=%d: those lr decays "
+                    "never happen", late, s.max_iter)
+
+
+def _validate_run(config: ml_collections.ConfigDict) -> None:
+    """Periods, workers and head sizes: values that would divide by zero, hang or crash late."""
+    if config.log_period < 1:
+        _fail("log_period", config.log_period, "must be >= 1")
+    if config.data.num_workers < 0:
+        _fail("data.num_workers", config.data.num_workers, "must be >= 0 (0: load in the main "
+              "process)")
+    if config.eval.period < 0:
+        _fail("eval.period", config.eval.period, "must be >= 0 (0: no periodic evaluation)")
+    if config.eval.num_images < 0:
+        _fail("eval.num_images", config.eval.num_images, "must be >= 0 (0: all)")
+    for key in ("box_head", "mask_head"):
+        if config.model[key].pooler_resolution < 1:
+            _fail(f"model.{key}.pooler_resolution", config.model[key].pooler_resolution,
+                  "must be >= 1")
+    if config.model.roi_heads.detections_per_img < 1:
+        _fail("model.roi_heads.detections_per_img", config.model.roi_heads.detections_per_img,
+              "must be >= 1")
+    if config.solver.keep_checkpoints < 0:
+        _fail("solver.keep_checkpoints", config.solver.keep_checkpoints,
+              "must be >= 0 (0: keep all)")
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail("device", "cuda", "no CUDA device is available here (torch.cuda.is_available() "
+                  "is False): use device=cpu or auto")
 
 
 _HEAD_NORMS = ("", "GN", "BN", "SyncBN", "FrozenBN")

@@ -215,6 +215,7 @@ def evaluate_checkpoint(
     on `config.data.val`; bbox.json, segm.json and metrics.json are written into the workdir."""
     model = build(config, device, "eval", workdir).model
     metrics = evaluate(model, config, device, output_dir=workdir, num_vis=0)
+    write_run_report(workdir, config)  # the same page a training ends with
     if dist.is_main():
         log.info(
             "%s",
@@ -224,3 +225,16 @@ def evaluate_checkpoint(
             ),
         )
     return metrics
+
+
+def write_run_report(workdir: str, config) -> None:
+    """The run's report page (report/index.html) from what the workdir holds; a failure to draw
+    it never fails a finished training."""
+    if not dist.is_main():
+        return
+    try:
+        from mrcnn.analysis.report import write_report
+
+        log.info("report: %s", write_report(workdir, config))
+    except Exception as e:  # matplotlib missing, an unreadable file: the run itself is done
+        log.warning("could not write the report page (%s: %s)", type(e).__name__, e)

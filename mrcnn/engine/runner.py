@@ -19,12 +19,12 @@ log = logging.getLogger("mrcnn")
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean "your input is wrong" (reported in one line), not "our code is wrong"."""
     from mrcnn import config_check, weights
-    from mrcnn.engine import checkpoint
+    from mrcnn.engine import checkpoint, workdir_lock
 
     # FileNotFoundError: a path the user gave (weights, images, annotations) does not exist.
     errors: list[type[BaseException]] = [
         config_check.ConfigError, weights.WeightsError, checkpoint.CheckpointError,
-        FileNotFoundError]
+        workdir_lock.WorkdirLockedError, FileNotFoundError]
     try:
         from mrcnn import data
 
@@ -67,24 +67,46 @@ def resolve_device(config: ml_collections.ConfigDict) -> torch.device:
     return torch.device(want)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_workdir(workdir: str, mode: str) -> None:
+    """The workdir must be a folder this process can write into (every mode writes its config
+    and log there); a file in its place or a read-only folder is one line, before any work."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir!r} is a file, not a folder")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--workdir={workdir!r} cannot be created: {e.strerror}") from e
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir={workdir!r} is not writable by this user ({mode} writes its "
+                        "config, log and results there)")
+
+
+def config_file_name(mode: str) -> str:
+    """`config.json` is the training's resolved config (what the checkpoints were trained
+    with); the other modes write theirs beside it, so an eval or analyze never overwrites it."""
+    return "config.json" if mode == "train" else f"config.{mode}.json"
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> None:
     if not dist.is_main():
         return
-    write_text_atomic(os.path.join(workdir, "config.json"),
+    write_text_atomic(os.path.join(workdir, config_file_name(mode)),
                       config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     from mrcnn import config_check
 
-    device = resolve_device(config)
+    try:
+        config_check.validate(config, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                              mode=mode)
+        device = resolve_device(config)
+    except (config_check.ConfigError, ValueError) as e:
+        raise UserError(str(e)) from e
+    check_workdir(workdir, mode)
     dist.init_from_env(device.type)
     setup_logging(workdir)
-    try:
-        config_check.validate(config, world_size=dist.world_size(), mode=mode)
-    except config_check.ConfigError as e:
-        raise UserError(str(e)) from e
-    write_config(config, workdir)
+    write_config(config, workdir, mode)
     log.info("mode=%s workdir=%s device=%s world_size=%d", mode, workdir, device, dist.world_size())
     try:
         _dispatch(mode, config, workdir, device)

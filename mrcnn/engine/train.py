@@ -26,6 +26,7 @@ from mrcnn.data.prefetch import Prefetcher
 from mrcnn.engine import checkpoint, solver
 from mrcnn.engine.rng import rng_state, seed_everything, set_rng_state
 from mrcnn.engine.signals import StopFlag
+from mrcnn.engine.workdir_lock import WorkdirLock, WorkdirLockedError
 from mrcnn.engine.writer import MetricWriter, SmoothedValue, format_eta
 from mrcnn.precision import autocast
 
@@ -52,7 +53,25 @@ def configure_torch(config: ml_collections.ConfigDict, device: torch.device) -> 
 def train(config: ml_collections.ConfigDict, workdir: str, device: torch.device) -> dict:
     """Trains `config` in `workdir` (resuming from its last checkpoint); returns final metrics."""
     configure_torch(config, device)
-    return Trainer(config, workdir, device).run()
+    with _workdir_lock(workdir):
+        return Trainer(config, workdir, device).run()
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+    """Rank 0 holds the workdir's lock; every rank learns whether it got it (so no rank waits in
+    a collective for a rank 0 that stopped), and all fail with the same message."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if dist.is_main():
+            try:
+                stack.enter_context(WorkdirLock(workdir))
+            except WorkdirLockedError as e:
+                error = str(e)
+        error = dist.broadcast_object(error)
+        if error is not None:
+            raise WorkdirLockedError(error)
+        yield
 
 
 @dataclasses.dataclass
@@ -257,6 +276,9 @@ class Trainer:
         if config.eval.final and not stopped_early:
             metrics = self._evaluate(it, writer)
         writer.close()
+        from mrcnn.engine.evaluate import write_run_report
+
+        write_run_report(self.workdir, config)
         return metrics
 
     # ------------------------------------------------------------------ around the steps

@@ -67,7 +67,10 @@ def test_bad_overrides_fail_at_start_naming_the_key(root, tmp_path, override, ke
     "section,key,value,needle",
     [
         ("solver", "base_lr", -0.02, "config.solver.base_lr=-0.02: must be > 0"),
-        ("solver", "max_iter", 1, "config.solver.warmup_iters=2: exceeds solver.max_iter=1"),
+        ("solver", "warmup_method", "cosine", "config.solver.warmup_method='cosine'"),
+        ("solver", "warmup_iters", -1, "config.solver.warmup_iters=-1: must be >= 0"),
+        ("data", "num_workers", -1, "config.data.num_workers=-1: must be >= 0"),
+        ("eval", "period", -1, "config.eval.period=-1: must be >= 0"),
         ("solver", "accumulate_steps", 0, "config.solver.accumulate_steps=0"),
         ("data", "on_bad_image", "ignore", "config.data.on_bad_image='ignore'"),
         ("init", "format", "caffe2", "config.init.format='caffe2'"),
@@ -82,6 +85,43 @@ def test_impossible_values_are_one_line_user_errors_before_any_work(
     msg = faults.run_in_process("train", c, w)
     assert msg is not None and needle in msg, msg
     _nothing_written(w)
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("log_period", 0, "config.log_period=0: must be >= 1"),
+    ("device", "cuda", "config.device='cuda': no CUDA device is available"),
+])
+def test_top_level_impossible_values(root, tmp_path, key, value, needle):
+    if key == "device" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is available")
+    c = faults.tiny_config(root, 2)
+    c[key] = value
+    msg = faults.run_in_process("train", c, str(tmp_path / "w"))
+    assert msg is not None and needle in msg, msg
+
+
+def test_heads_and_inputs_impossible_values(root, tmp_path):
+    for mutate, needle in (
+        (lambda c: setattr(c.model.box_head, "pooler_resolution", 0),
+         "config.model.box_head.pooler_resolution=0: must be >= 1"),
+        (lambda c: setattr(c.input, "min_size_train", ()),
+         "config.input.min_size_train=(): give at least one size"),
+    ):
+        c = faults.tiny_config(root, 2)
+        mutate(c)
+        msg = faults.run_in_process("train", c, str(tmp_path / "w"))
+        assert msg is not None and needle in msg, msg
+
+
+def test_a_schedule_longer_than_a_smoke_run_is_a_warning(root, tmp_path, caplog):
+    """max_iter shortened below warmup_iters and the lr steps: the run trains (a warning says
+    the decays never happen), as detectron2 does."""
+    c = faults.tiny_config(root, 2)
+    c.solver.warmup_iters, c.solver.steps = 5, (3, 50)
+    caplog.set_level("WARNING")
+    assert faults.run_in_process("train", c, str(tmp_path / "w")) is None
+    assert "exceeds solver.max_iter=2" in caplog.text and "[3, 50]" in caplog.text
+    assert os.path.isfile(str(tmp_path / "w" / "model_0000002.pth"))
 
 
 def _other_architecture_weights(root: str, path: str, **model) -> None:
@@ -153,6 +193,7 @@ def test_workdir_whose_checkpoints_are_all_unreadable_does_not_restart_from_zero
         "log.txt",
         "model_0000100.pth",
         "model_0000200.pth",
+        "train.lock",  # released (flock): the next training takes it over
     ]
     with pytest.raises(checkpoint.CheckpointError):
         train.train(faults.tiny_config(root, 2), w, torch.device("cpu"))
