@@ -39,7 +39,7 @@ fi
 # changed: an extension built on a login node without GPUs is rebuilt on the GPU node.
 gpus=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null || true)
 src_hash=$( (cd "$ROOT" && cat setup.py ops/csrc/*.* ops/csrc/*/* 2>/dev/null; \
-  echo "${MRCNN_CUDA:-auto} ${TORCH_CUDA_ARCH_LIST:-} $PY $req_hash $gpus") \
+  echo "${MRCNN_CUDA:-auto} ${TORCH_CUDA_ARCH_LIST:-} ${MRCNN_DEBUG_INFO:-} $PY $req_hash $gpus") \
   | sha256sum | cut -c1-16)
 so=$(ls "$ROOT"/ops/_C*.so 2>/dev/null | head -1 || true)
 if [ -z "$so" ] || [ "$(cat "$ROOT/ops/.build-hash" 2>/dev/null)" != "$src_hash" ]; then
