@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import torch
 
-from bench import faults
+from tests.reliability import catalogue as faults
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def root(tmp_path_factory):
 
 
 def test_bad_input_catalogue_is_handled(tmp_path):
-    """Every case of bench/faults.py's catalogue (image formats and orientation, unreadable
+    """Every case of tests/reliability/catalogue.py (image formats and orientation, unreadable
     files, each kind of malformed record, unusable files) loads correctly with the boxes on the
     objects, is skipped and counted, or fails with our error naming the file, image and
     annotation - with data.on_bad_* = fail and = skip."""

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 
-from bench import faults
+from tests.reliability import catalogue as faults
 from mrcnn import weights
 from mrcnn.engine import checkpoint, train
 

@@ -1,7 +1,7 @@
 """Process and numerical faults: kill -9 (also inside a checkpoint write), SIGTERM / SIGINT,
 a truncated newest checkpoint, a full disk, non-finite losses, float16's GradScaler.
 
-Every run is the tiny deterministic config of `bench/faults.py` (64 px shapes, width-16 R18, a
+Every run is the catalogue's tiny deterministic config (64 px shapes, width-16 R18, a
 checkpoint per step); an uninterrupted in-process run is the reference the interrupted runs must
 match bit for bit. The random-kill campaign with many rounds is `python -m bench.faults`.
 """
@@ -21,7 +21,7 @@ import time
 import pytest
 import torch
 
-from bench import faults
+from tests.reliability import catalogue as faults
 from mrcnn.engine import checkpoint, train
 
 CPU = torch.device("cpu")

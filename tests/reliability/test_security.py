@@ -21,7 +21,7 @@ import subprocess
 import pytest
 import torch
 
-from bench import faults
+from tests.reliability import catalogue as faults
 from mrcnn import weights
 from mrcnn.engine import checkpoint
 from mrcnn.data import annotations as A
