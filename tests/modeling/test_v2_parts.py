@@ -225,3 +225,25 @@ def test_v2_architecture_trains_and_infers(empty_second):
         check_detections(model(images), images, cfg, model)
     with pytest.raises(ValueError, match="sparse_grad"):
         build_model(tiny_config(**{**V2_TINY, "rpn.sparse_grad": True}))
+
+
+def test_recipe_configs_hold_the_published_hyperparameters():
+    from configs import r50_fpn_nvidia_2022, r50_fpn_v2_lsj
+    from mrcnn.engine.solver import lr_factor
+
+    c = r50_fpn_v2_lsj.get_config()
+    s = c.solver
+    assert (s.ims_per_batch, s.base_lr, s.momentum) == (64, 0.1, 0.9)
+    assert (s.weight_decay, s.weight_decay_norm, s.weight_decay_bias) == (4e-5, 4e-5, 4e-5)
+    per_epoch = -(-117266 // 64)  # COCO 2017 train images with annotations, 64 per step
+    assert s.max_iter == 400 * per_epoch and tuple(s.steps) == (352 * per_epoch, 384 * per_epoch)
+    assert c.input.lsj_size == 800 and tuple(c.input.lsj_scale_range) == (0.1, 2.0)
+    assert {c.model.backbone.norm, c.model.backbone.fpn_norm, c.model.box_head.norm,
+            c.model.mask_head.norm} == {"SyncBN"} and c.model.backbone.freeze_at == 0
+    assert model_layout(build_model(c.model)) == V2_LAYOUT
+    n = r50_fpn_nvidia_2022.get_config().solver
+    assert (n.ims_per_batch, n.base_lr, n.max_iter) == (96, 0.12, 16667)
+    assert tuple(n.steps) == (12000, 16000)
+    # NVIDIA's mlperf_linear warmup: lr = base_lr - (800 - step) * 1e-4
+    for step in (0, 1, 400, 799):
+        assert lr_factor(step, n) * n.base_lr == pytest.approx(0.12 - (800 - step) * 1e-4)
