@@ -354,9 +354,13 @@ def _check_image(img: Any) -> tuple[int, str, int, int]:
         raise _Bad(f"image record without an integer id: {_short(img)}")
     if not isinstance(name, str) or not name:
         raise _Bad(f"image {iid} has no file_name")
-    # file_name is relative to img_dir: an absolute path or ".." would read outside it.
-    if os.path.isabs(name) or ".." in re.split(r"[/\\]", name):
+    # Converters run on Windows write sub-folders with backslashes (labelme2coco's relpath);
+    # a backslash inside a real file name is far rarer than that.
+    rel = name.replace("\\", "/")
+    # file_name is relative to img_dir: an absolute path, a drive or ".." would read outside it.
+    if os.path.isabs(rel) or ".." in rel.split("/") or re.match(r"[A-Za-z]:", rel):
         raise _Bad(f"image {iid} file_name {name!r} leaves the image folder (absolute or '..')")
+    name = rel
     if h is None or w is None:
         raise _Bad(
             f"image {iid} needs positive integer height and width, got "

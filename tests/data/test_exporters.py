@@ -234,3 +234,15 @@ def test_width_and_height_that_disagree_with_the_file_are_a_bad_image(tmp_path):
     ds = CocoTrainDataset(str(tmp_path), path, _input_cfg(), on_bad_image="skip")
     sample = ds[(1, 0)]
     assert sample["info"].image_id == 0 and len(sample["skipped"]) == 1
+
+
+def test_windows_sub_folders_are_read_and_escapes_refused(tmp_path):
+    d = _labelme()
+    _save_images(tmp_path, d)
+    d["images"][0]["file_name"] = "JPEGImages\\img0.jpg"  # labelme2coco run on Windows
+    ds = CocoTrainDataset(str(tmp_path), _write(tmp_path, d), _input_cfg())
+    assert ds[(0, 0)]["info"].file_name == "JPEGImages/img0.jpg"
+    for bad in ("..\\secret.jpg", "\\etc\\x.jpg", "C:\\data\\x.jpg", "/etc/x.jpg", "a/../../x.jpg"):
+        d["images"][0]["file_name"] = bad
+        with pytest.raises(A.AnnotationError, match="leaves the image folder"):
+            A.parse_coco_json(_write(tmp_path, d))
