@@ -34,17 +34,11 @@ class TinyCoco:
     coco: COCO
 
 
-@dataclasses.dataclass
-class FakeMeta:
-    category_ids: list[int]
-    names: list[str]
+def fake_meta(ids_as_labels: bool = False):
+    """The model's category table for the tiny dataset (labels 1..3 -> ids 1, 5, 90)."""
+    from mrcnn.data import CategoryTable
 
-    def label_to_category_id(self, label: int) -> int:
-        return self.category_ids[label - 1]
-
-
-def fake_meta() -> FakeMeta:
-    return FakeMeta(list(CATEGORY_IDS), list(CATEGORY_NAMES))
+    return CategoryTable.from_categories(zip(CATEGORY_IDS, CATEGORY_NAMES), ids_as_labels)
 
 
 def background_level(image_id: int) -> int:
@@ -153,6 +147,13 @@ class FakeDataset:
     ann_file: str
     image_ids: list[int]
     img_dir: str
+
+    @property
+    def parsed(self):
+        """What the real test dataset holds: the annotation file as our parser accepts it."""
+        from mrcnn.data.annotations import parse_coco_json
+
+        return parse_coco_json(self.ann_file, training=False)
 
 
 def fake_loader(ds: TinyCoco, ids: list[int], batch_size: int):

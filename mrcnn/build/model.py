@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from mrcnn import dist
+from mrcnn.build.categories import model_categories
 from mrcnn.build.cuda_graphs import CudaGraphs
 from mrcnn.build.fast_paths import FastPaths, apply, fast_paths
 from mrcnn.config_check import ConfigError
+from mrcnn.data import CategoryTable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Built:
     weights: str | None = None  # the file the weights came from (None: initialised here)
     weights_format: str | None = None
     graphs: CudaGraphs | None = None  # perf.cuda_graphs: training graphs are captured by train
+    categories: CategoryTable | None = None  # what the labels mean (None: load=False)
 
 
 def resolve_weights(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[str, str]:
@@ -75,6 +78,7 @@ def build(config: ml_collections.ConfigDict, device: torch.device, purpose: str,
     its checkpoint over them); for the other purposes, `init.weights` or else the workdir's last
     checkpoint, strict about the class layers (detections of random heads mean nothing), and a
     missing file fails before the slow build. Inference purposes return the model in eval mode.
+    `Built.categories` says what its labels mean (mrcnn/build/categories.py).
     """
     fast = fast_paths(config, device, purpose)
     inference = purpose != "train"
@@ -83,6 +87,8 @@ def build(config: ml_collections.ConfigDict, device: torch.device, purpose: str,
         path, fmt = resolve_weights(config, workdir)
     elif load and config.init.weights:
         path, fmt = config.init.weights, config.init.format
+    # Before the slow build: a table that does not fit model.num_classes fails at once.
+    categories = model_categories(config, path, fmt) if load else None
     from mrcnn.modeling import build_model
     from mrcnn.weights import load_weights
 
@@ -101,4 +107,4 @@ def build(config: ml_collections.ConfigDict, device: torch.device, purpose: str,
         # DDP wants 11 warm-up iterations before a capture (torch's CUDA graphs notes).
         graphs = CudaGraphs(model, fast.pad_to, warmup_iters=11 if dist.world_size() > 1 else 3)
     log.info("%s model on %s, fast paths: %s", purpose, device, fast.describe())
-    return Built(model, fast, purpose, path, fmt, graphs)
+    return Built(model, fast, purpose, path, fmt, graphs, categories)

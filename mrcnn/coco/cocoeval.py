@@ -71,6 +71,7 @@ def coco_evaluate(
     bbox_results: list[dict[str, Any]],
     segm_results: list[dict[str, Any]] | None = None,
     image_ids: Sequence[int] | None = None,
+    bbox: bool = True,
 ) -> dict[str, dict[str, float]]:
     """pycocotools' bbox (and segm) evaluation of COCO results records.
 
@@ -80,10 +81,13 @@ def coco_evaluate(
     Returns {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}} as pycocotools'
     stats[0..5]: AP in [0, 1], -1 where the annotations have no object of that size. Empty
     results give 0 (not an error). The standard summary table is written to the log.
+    bbox=False: segm only (bbox_results ignored).
     """
     gt = load_gt(coco_gt)
-    metrics = {"bbox": _summarize(run_cocoeval(gt, bbox_results, "bbox", image_ids), "bbox",
-                                  len(bbox_results))}
+    metrics = {}
+    if bbox:
+        metrics["bbox"] = _summarize(run_cocoeval(gt, bbox_results, "bbox", image_ids), "bbox",
+                                     len(bbox_results))
     if segm_results is not None:
         metrics["segm"] = _summarize(run_cocoeval(gt, segm_results, "segm", image_ids), "segm",
                                      len(segm_results))

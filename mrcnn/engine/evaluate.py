@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -24,6 +23,7 @@ from mrcnn import data as data_lib
 from mrcnn import dist
 from mrcnn.build import build, fast_paths
 from mrcnn.coco import bbox_and_segm, coco_evaluate, detection_records
+from mrcnn.data import CategoryTable
 from mrcnn.engine.inference import InferenceStats, run_inference
 from mrcnn.fileio import write_json_atomic
 from mrcnn.structures import Detections, ImageInfo
@@ -31,25 +31,12 @@ from mrcnn.visualize import draw_detections
 
 log = logging.getLogger(__name__)
 
-def label_to_category_fn(config: ml_collections.ConfigDict, meta) -> Callable[[int], int]:
-    """Model label -> dataset category id: the identity when `data.category_ids_as_labels`
-    (torchvision's 91-way COCO head), else the dataset meta's contiguous mapping."""
-    if config.data.category_ids_as_labels:
-        return int
-    return meta.label_to_category_id
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
-# The two calls into the data pipeline, module-level so that tests can substitute a fake one.
+# The call into the data pipeline, module-level so that tests can substitute a fake one.
 def _build_test_loader(config, dataset_cfg, rank: int, world_size: int):
     return data_lib.build_test_loader(config, dataset_cfg, rank=rank, world_size=world_size)
-
-
-def _get_dataset_meta(config, dataset_cfg):
-    # The evaluated set's own categories: they are the ones its annotation file uses.
-    return data_lib.get_dataset_meta(config, dataset_cfg)
 
 
 def _draw_vis(dataset, items: list[tuple[ImageInfo, Detections]], names, thresh: float) -> list:
@@ -65,18 +52,14 @@ def _draw_vis(dataset, items: list[tuple[ImageInfo, Detections]], names, thresh:
     return out
 
 
-def label_names(config: ml_collections.ConfigDict, meta) -> dict[int, str]:
-    """Model label -> class name, from the dataset meta (`category_ids`, `names`)."""
-    to_cat = label_to_category_fn(config, meta)
-    by_cat = dict(zip(meta.category_ids, meta.names))
+def label_names(table: CategoryTable, num_classes: int) -> dict[int, str]:
+    """Model label -> class name, from the model's category table."""
     names = {}
-    for label in range(1, config.model.num_classes):
+    for label in range(1, num_classes):
         try:
-            cat = to_cat(label)
-        except (KeyError, IndexError, ValueError):
+            names[label] = table.name_of_label(label)
+        except (KeyError, IndexError, ValueError):  # an id-as-label the table has no name for
             continue
-        if cat in by_cat:
-            names[label] = by_cat[cat]
     return names
 
 
@@ -107,8 +90,15 @@ def evaluate(
     output_dir: str | None = None,
     dataset_cfg: ml_collections.ConfigDict | None = None,
     num_vis: int | None = None,
+    categories: CategoryTable | None = None,
 ) -> dict[str, Any]:
     """COCO bbox / segm AP of `model` on `dataset_cfg` (default `config.data.val`).
+
+    categories: what the model's labels mean (`Built.categories`; default: the training data's
+      table, `mrcnn.data.category_table`). Detections are mapped through it, and the val set is
+      matched to it by category id (`match_categories`): val categories the model does not know
+      are named in a warning and evaluated as never detected. The ground truth pycocotools sees
+      is built from what our parser accepted (`mrcnn.data.coco_gt`), never the raw file.
 
     Every rank runs its shard of the images (`test.ims_per_batch` per batch, the first
     `eval.num_images` images when > 0, in `config.dtype`); the records are gathered on rank 0,
@@ -126,8 +116,9 @@ def evaluate(
     dataset_cfg = dataset_cfg if dataset_cfg is not None else config.data.val
     num_vis = config.eval.vis_images if num_vis is None else num_vis
     loader, dataset = _build_test_loader(config, dataset_cfg, rank, world_size)
-    meta = _get_dataset_meta(config, dataset_cfg)
-    to_cat = label_to_category_fn(config, meta)
+    table = categories if categories is not None else data_lib.category_table(config)
+    data_lib.match_categories(table, dataset.parsed.categories, where=dataset.ann_file)
+    to_cat = table.label_to_category_id
     mask_on = bool(config.model.mask_on)
 
     if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -173,7 +164,8 @@ def evaluate(
     if rank == 0 and vis_items:
         metrics = dict(metrics)
         metrics["_vis"] = _draw_vis(
-            dataset, vis_items, label_names(config, meta), config.predict.score_thresh
+            dataset, vis_items, label_names(table, config.model.num_classes),
+            config.predict.score_thresh
         )
     return metrics
 
@@ -202,7 +194,11 @@ def _evaluate_gathered(gathered, dataset, config, mask_on: bool, output_dir: str
         write_json_atomic(os.path.join(output_dir, "bbox.json"), bbox)
         if mask_on:
             write_json_atomic(os.path.join(output_dir, "segm.json"), segm)
-    metrics = coco_evaluate(dataset.ann_file, bbox, segm if mask_on else None, sorted(expected))
+    ids = sorted(expected)
+    metrics = coco_evaluate(data_lib.coco_gt(dataset, "bbox"), bbox, None, ids)
+    if mask_on:  # box-only objects differ between the two ground truths (see coco_gt)
+        metrics.update(coco_evaluate(data_lib.coco_gt(dataset, "segm"), [], segm, ids,
+                                     bbox=False))
     if output_dir:
         write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
     return {"metrics": metrics}
@@ -213,8 +209,9 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """`--mode=eval`: the model with `init.weights` (or the workdir's last checkpoint), evaluated
     on `config.data.val`; bbox.json, segm.json and metrics.json are written into the workdir."""
-    model = build(config, device, "eval", workdir).model
-    metrics = evaluate(model, config, device, output_dir=workdir, num_vis=0)
+    built = build(config, device, "eval", workdir)
+    metrics = evaluate(built.model, config, device, output_dir=workdir, num_vis=0,
+                       categories=built.categories)
     write_run_report(workdir, config)  # the same page a training ends with
     if dist.is_main():
         log.info(

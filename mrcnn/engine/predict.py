@@ -24,10 +24,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mrcnn import dist
-from mrcnn.data import collate_images, get_dataset_meta, load_image, preprocess
+from mrcnn.data import collate_images, load_image, preprocess
 from mrcnn.build import build
 from mrcnn.coco import detection_records
-from mrcnn.engine.evaluate import label_names, label_to_category_fn
+from mrcnn.engine.evaluate import label_names
 from mrcnn.engine.inference import InferenceStats, run_inference
 from mrcnn.fileio import atomic_write, write_json_atomic
 from mrcnn.structures import Batch, Detections, ImageInfo
@@ -195,9 +195,9 @@ def predict(
     n = len(inputs.paths)
     lo, hi = rank * n // world_size, (rank + 1) * n // world_size
     built = build(config, device, "predict", workdir)
-    meta = get_dataset_meta(config)
-    to_cat = label_to_category_fn(config, meta)
-    names = label_names(config, meta)
+    table = built.categories  # from the checkpoint: no training json needed
+    to_cat = table.label_to_category_id
+    names = label_names(table, config.model.num_classes)
     png_names = output_names(inputs.paths)
     png_dir = os.path.join(workdir, "predictions")
     if config.predict.draw:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from torch import nn
 
 from mrcnn import dist
 from mrcnn.build import Built, build
+from mrcnn.build.categories import CHECKPOINT_KEY
 from mrcnn.data.collate import pad_batch_to
 from mrcnn.data.prefetch import Prefetcher
 from mrcnn.engine import checkpoint, solver
@@ -28,6 +30,7 @@ from mrcnn.engine.rng import rng_state, seed_everything, set_rng_state
 from mrcnn.engine.signals import StopFlag
 from mrcnn.engine.workdir_lock import WorkdirLock, WorkdirLockedError
 from mrcnn.engine.writer import MetricWriter, SmoothedValue, format_eta
+from mrcnn.fileio import write_json_atomic
 from mrcnn.precision import autocast
 
 log = logging.getLogger("mrcnn.train")
@@ -95,6 +98,8 @@ class Trainer:
         seed_everything(config.seed)  # same initial weights on every rank
         self.built: Built = build(config, device, "train", workdir)
         self.model = self.built.model
+        self.categories = self.built.categories  # from the training data: saved with the model
+        _write_categories(workdir, self.categories)
         self.optimizer = solver.build_optimizer(self.model, self.s)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
         self.start_iter, self.last_ckpt = self._resume()
@@ -115,6 +120,7 @@ class Trainer:
             seed_everything(self.config.seed + rank)  # per-rank randomness (sampling) from here
             return 0, None
         state = latest[0] if latest is not None else checkpoint.load(found)
+        _check_same_categories(state, self.categories, found)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -314,6 +320,7 @@ class Trainer:
                 "iteration": it,
                 "config": self.config.to_json_best_effort(),
                 "rng": rng_state(),
+                CHECKPOINT_KEY: self.categories.to_dict(),
             }
             if rngs is not None:
                 state["rng_per_rank"] = rngs
@@ -334,7 +341,8 @@ class Trainer:
 
         self.model.eval()
         out = os.path.join(self.workdir, "eval", f"iter_{it:07d}")
-        metrics = evaluate(self.model, self.config, self.device, output_dir=out)
+        metrics = evaluate(self.model, self.config, self.device, output_dir=out,
+                           categories=self.categories)
         vis = metrics.pop("_vis", None)
         for task in ("bbox", "segm"):
             if task in metrics:
@@ -344,6 +352,38 @@ class Trainer:
         writer.flush()
         self.model.train()
         return metrics
+
+
+def _write_categories(workdir: str, table) -> None:
+    """config.json gets the model's category table beside the config (rank 0)."""
+    if not dist.is_main():
+        return
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            resolved = json.load(f)
+    except (OSError, ValueError):
+        return  # written by the runner; a run started without it (tests) has nothing to add to
+    resolved["categories"] = table.to_dict()
+    write_json_atomic(path, resolved, indent=2, sort_keys=True)
+
+
+def _check_same_categories(state: dict, table, path: str) -> None:
+    """A run resumes only onto the categories it was trained with: the labels of its weights
+    would otherwise silently mean other categories."""
+    from mrcnn.data import CategoryTable
+
+    raw = state.get(CHECKPOINT_KEY)
+    if raw is None:
+        return  # a checkpoint from before tables travelled with the weights
+    saved = CategoryTable.from_dict(raw, where=f"{path}: categories")
+    if saved != table:
+        raise checkpoint.CheckpointError(
+            f"{path} was trained on categories {list(saved.category_ids)[:12]} "
+            f"({saved.num_classes - 1} classes) but config.data.train now has "
+            f"{list(table.category_ids)[:12]} ({table.num_classes - 1}): resuming would give its "
+            "labels other meanings; use the training set it was trained on, or a new --workdir "
+            "with --config.init.weights")
 
 
 def _update_meters(meters: dict, result: StepResult) -> None:

@@ -60,7 +60,7 @@ def pipeline(monkeypatch, tiny):
         )
 
     monkeypatch.setattr(evaluation, "_build_test_loader", build)
-    monkeypatch.setattr(evaluation, "_get_dataset_meta", lambda config, dataset_cfg: fake_meta())
+    monkeypatch.setattr(evaluation.data_lib, "category_table", lambda config: fake_meta())
     monkeypatch.setattr(inference, "_to_original", identity_postprocess)
     return state
 
@@ -106,11 +106,12 @@ def test_evaluate_box_only_model(pipeline, tiny):
 
 def test_evaluate_category_ids_as_labels(pipeline, tiny):
     config = small_config()
-    config.data.category_ids_as_labels = True
+    ids = fake_meta(ids_as_labels=True)  # the table of a model whose labels are the ids
     model = OracleModel(tiny.gt, labels_as_category_ids=True)
-    assert evaluation.evaluate(model, config, torch.device("cpu"))["bbox"]["AP"] == pytest.approx(1)
+    cpu = torch.device("cpu")
+    assert evaluation.evaluate(model, config, cpu, categories=ids)["bbox"]["AP"] == pytest.approx(1)
     # Control: contiguous labels taken as ids hit the wrong categories (5 and 90 never appear).
-    wrong = evaluation.evaluate(OracleModel(tiny.gt), config, torch.device("cpu"))
+    wrong = evaluation.evaluate(OracleModel(tiny.gt), config, cpu, categories=ids)
     assert wrong["bbox"]["AP"] < 0.9
 
 
@@ -204,6 +205,8 @@ def test_evaluate_vis_images(pipeline, tiny):
 def _real_config(tiny):
     config = small_config()
     config.data.val.img_dir, config.data.val.ann_file = tiny.img_dir, tiny.ann_file
+    # The model's categories come from the training set (here the same file), never the val one.
+    config.data.train.img_dir, config.data.train.ann_file = tiny.img_dir, tiny.ann_file
     config.data.num_workers = 0
     config.input.min_size_test = config.input.max_size_test = 64  # no resize: see ColourOracle
     return config
@@ -243,11 +246,53 @@ def test_evaluate_with_the_data_loader(tiny, tmp_path, monkeypatch):
 
 
 def test_label_names_and_mapping():
-    config = small_config()
     meta = fake_meta()
-    assert evaluation.label_names(config, meta) == {1: "square", 2: "box", 3: "tile"}
-    assert evaluation.label_to_category_fn(config, meta)(3) == 90
-    config.data.category_ids_as_labels = True
-    config.model.num_classes = 91
-    assert evaluation.label_to_category_fn(config, meta)(5) == 5
-    assert evaluation.label_names(config, meta) == {1: "square", 5: "box", 90: "tile"}
+    assert evaluation.label_names(meta, 4) == {1: "square", 2: "box", 3: "tile"}
+    assert meta.label_to_category_id(3) == 90
+    ids = fake_meta(ids_as_labels=True)  # torchvision's 91-way head: labels are the ids
+    assert ids.label_to_category_id(5) == 5
+    assert evaluation.label_names(ids, 91) == {1: "square", 5: "box", 90: "tile"}
+
+
+def _write_val(tiny, path, categories) -> str:
+
+    with open(tiny.ann_file) as f:
+        d = json.load(f)
+    d["categories"] = categories
+    with open(path, "w") as f:
+        json.dump(d, f)
+    return str(path)
+
+
+def test_val_set_with_an_extra_category_is_matched_by_id(tiny, tmp_path, monkeypatch, caplog):
+    """A val json listing one more category (and in another order) than the training json: the
+    model's labels still map to the training ids; the extra one is named and never detected."""
+    monkeypatch.setattr(inference, "_to_original", identity_postprocess)
+    config = _real_config(tiny)
+    with open(tiny.ann_file) as f:
+        cats = json.load(f)["categories"]
+    config.data.val.ann_file = _write_val(
+        tiny, tmp_path / "val.json", [{"id": 42, "name": "extra"}] + cats[::-1])
+    caplog.set_level("WARNING")
+    oracle = ColourOracle(tiny.gt, config.input.pixel_mean, config.input.pixel_std)
+    metrics = evaluation.evaluate(oracle, config, torch.device("cpu"), output_dir=str(tmp_path))
+    assert "42 ('extra')" in caplog.text
+    assert metrics["bbox"]["AP"] == pytest.approx(1.0)  # id 42 has no object: nothing lost
+    with open(tmp_path / "bbox.json") as f:
+        assert {r["category_id"] for r in json.load(f)} <= set(CATEGORY_IDS)
+
+
+def test_val_set_listing_a_subset_of_the_categories(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "_to_original", identity_postprocess)
+    config = _real_config(tiny)
+    with open(tiny.ann_file) as f:
+        d = json.load(f)
+    keep = [c for c in d["categories"] if c["id"] != 90]
+    d["categories"] = keep
+    d["annotations"] = [a for a in d["annotations"] if a["category_id"] != 90]
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(d))
+    config.data.val.ann_file = str(path)
+    oracle = ColourOracle(tiny.gt, config.input.pixel_mean, config.input.pixel_std)
+    metrics = evaluation.evaluate(oracle, config, torch.device("cpu"))  # no crash after inference
+    assert 0.0 < metrics["bbox"]["AP"] <= 1.0

@@ -16,6 +16,7 @@ from torch import nn
 
 from configs import r50_fpn_1x
 from mrcnn.build import Built, FastPaths
+from mrcnn.data import category_table
 from mrcnn.engine import inference, predict
 from mrcnn.structures import Detections, ImageBatch
 from mrcnn.visualize import class_color
@@ -51,7 +52,8 @@ def box_paste(det, size, orig_size, mask_threshold=0.5):
 def setup(monkeypatch, tmp_path):
     monkeypatch.setattr(
         predict, "build",
-        lambda config, device, purpose, workdir: Built(CentreModel().eval(), FastPaths(), purpose))
+        lambda config, device, purpose, workdir: Built(
+            CentreModel().eval(), FastPaths(), purpose, categories=category_table(config)))
     monkeypatch.setattr(inference, "_to_original", box_paste)
     cats = [{"id": 1, "name": "square"}, {"id": 5, "name": "box"}, {"id": 90, "name": "tile"}]
     ann = tmp_path / "cats.json"
