@@ -119,11 +119,14 @@ class CategoryTable:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "category table") -> CategoryTable:
-        """The table `to_dict` wrote; anything else is a CategoryTableError naming `where`."""
+        """The table `to_dict` wrote (also once stored in a ConfigDict, lists then possibly
+        tuples); anything else is a CategoryTableError naming `where`."""
+        if isinstance(d, ml_collections.ConfigDict):
+            d = d.to_dict()
         if not isinstance(d, Mapping) or d.get("format") != TABLE_FORMAT:
             raise CategoryTableError(f"{where}: not a category table (format {TABLE_FORMAT})")
         cats, ids_as_labels = d.get("categories"), d.get("ids_as_labels")
-        ok = isinstance(cats, list) and isinstance(ids_as_labels, bool)
+        ok = isinstance(cats, (list, tuple)) and isinstance(ids_as_labels, bool)
         ok = ok and all(
             isinstance(c, Mapping)
             and type(c.get("id")) is int

@@ -44,8 +44,21 @@ def test_labels_are_contiguous_in_id_order_and_round_trip(seed):
     assert t.label_to_category_id(labels).tolist() == sorted(ids)
     back = CategoryTable.from_dict(json.loads(json.dumps(t.to_dict())))
     assert back == t and back.to_dict() == t.to_dict()
+    # As the lead stores it: inside the config (a ConfigDict) and back out of config.json.
+    assert CategoryTable.from_dict(ml_collections.ConfigDict({"t": t.to_dict()}).t) == t
     by_id = CategoryTable.from_categories(pairs, ids_as_labels=max(ids) > 0 and min(ids) > 0)
     assert CategoryTable.from_dict(json.loads(json.dumps(by_id.to_dict()))) == by_id
+
+
+def test_the_table_of_catalog_datasets_needs_no_file():
+    from configs import shapes as shapes_config
+
+    c = shapes_config.get_config()
+    assert data.category_table(c).names == ("square", "circle", "triangle")
+    coco = {"name": "coco_2017_train", "img_dir": "", "ann_file": ""}
+    c.data.train = ml_collections.ConfigDict(coco)
+    c.data.category_ids_as_labels, c.model.num_classes = True, 91
+    assert data.category_table(c) == CategoryTable.coco(ids_as_labels=True)
 
 
 def test_cocos_default_table_is_torchvisions_91_way_head():
