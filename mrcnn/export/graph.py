@@ -18,10 +18,15 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-import ops
 from mrcnn.modeling import box_coder
 from mrcnn.modeling.boxes import clip_boxes, nonempty
 from mrcnn.modeling.postprocess import MIN_BOX_SIZE
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """ops.batched_nms without its Python test for empty inputs (a guard on an unbacked size);
+    the kernel returns an empty index for empty boxes itself."""
+    return torch.ops.mrcnn.batched_nms(boxes, scores, idxs, float(iou_threshold))
 
 
 def level_anchors(cell: Tensor, feat_h, feat_w, stride_h, stride_w) -> Tensor:
@@ -54,14 +59,15 @@ def select_proposals(
     """mrcnn.modeling.rpn.select_proposals (test settings of `r` = config.model.rpn) ->
     (boxes [B, P, 4], valid [B, P])."""
     b = objectness.shape[0]
-    boxes, scores, lvl, keep_mask = ops.rpn_decode_topk(
-        objectness.float(), deltas.float(), anchors, level_sizes, r.pre_nms_top_n_test,
-        image_hw, weights=tuple(r.bbox_reg_weights), clamp=box_coder.DEFAULT_SCALE_CLAMP,
-        min_size=r.min_size, score_thresh=r.score_thresh,
+    # The operator itself: ops.rpn_decode_topk's int() of the level sizes would specialise them.
+    boxes, scores, lvl, keep_mask = torch.ops.mrcnn.rpn_decode_topk(
+        objectness.float(), deltas.float(), anchors, list(level_sizes),
+        int(r.pre_nms_top_n_test), image_hw, [float(v) for v in r.bbox_reg_weights],
+        float(box_coder.DEFAULT_SCALE_CLAMP), float(r.min_size), float(r.score_thresh),
     )
     bi, ki = torch.nonzero(keep_mask, as_tuple=True)
     cand_boxes, cand_scores = boxes[bi, ki], scores[bi, ki]
-    keep = ops.batched_nms(cand_boxes, cand_scores, bi * len(level_sizes) + lvl[ki], r.nms_thresh)
+    keep = batched_nms(cand_boxes, cand_scores, bi * len(level_sizes) + lvl[ki], r.nms_thresh)
     top_n = torch.sym_min(r.post_nms_top_n_test, boxes.shape[1])
     boxes, bidx = cand_boxes[keep], bi[keep]
     order = torch.sort(bidx, stable=True).indices
@@ -91,7 +97,7 @@ def box_detections(
     keep = (scores > rh.score_thresh) & nonempty(boxes, MIN_BOX_SIZE)
     ri, ci = torch.nonzero(keep, as_tuple=True)
     boxes, scores, labels, img = boxes[ri, ci], scores[ri, ci], ci + 1, batch_idx[ri]
-    keep = ops.batched_nms(boxes, scores, img * c + labels, rh.nms_thresh)
+    keep = batched_nms(boxes, scores, img * c + labels, rh.nms_thresh)
     boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
     order = torch.sort(img, stable=True).indices
     boxes, scores, labels, img = boxes[order], scores[order], labels[order], img[order]

@@ -126,5 +126,6 @@ class DeployModel(nn.Module):
         x, size = self.preprocess(images)
         boxes, scores, labels, img, probs = self.detect(x, size)
         boxes = graph.rescale_boxes(boxes, size, (h0, w0))
-        masks = ops.paste_masks(probs, boxes, h0, w0, self.mask_threshold, 1)
+        # The operator itself: ops.paste_masks' int() of the size would specialise it.
+        masks = torch.ops.mrcnn.paste_masks(probs, boxes, h0, w0, self.mask_threshold, 1)
         return boxes, scores, labels, img, masks.to(torch.uint8)

@@ -1,0 +1,76 @@
+"""Loading an exported artifact: `load_artifact(path)` -> a Predictor, without the model.
+
+The artifact's sidecar (`<path>.json`) says its format ("pt2", "aoti", "onnx"), the input
+sizes it was traced with and the category table. The torch formats call the custom operators
+(torch.ops.mrcnn.*): they come from `import ops` inside this repository, or else from the
+operator library shipped next to the artifact (`sidecar["ops_library"]`), which is all a
+deployment outside the repository needs besides torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import torch
+
+from mrcnn.export.predictor import Predictor
+
+
+def read_sidecar(path: str) -> dict:
+    side = path + ".json"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.predict.artifact={path!r} does not exist")
+    if not os.path.isfile(side):
+        raise FileNotFoundError(f"{side}: the artifact's sidecar is missing (written by "
+                                "--mode=export next to the artifact)")
+    with open(side) as f:
+        return json.load(f)
+
+
+def load_operators(sidecar: dict, folder: str) -> None:
+    """Registers torch.ops.mrcnn.* : the repository's ops, else the shipped library."""
+    if hasattr(torch.ops, "mrcnn") and hasattr(torch.ops.mrcnn, "batched_nms"):
+        return
+    try:
+        import ops  # noqa: F401  (registers the operators)
+        return
+    except ImportError:
+        pass
+    lib = os.path.join(folder, sidecar.get("ops_library") or "")
+    if not os.path.isfile(lib):
+        raise FileNotFoundError(f"{lib}: the operator library the artifact calls is missing")
+    torch.ops.load_library(lib)
+
+
+def run_batch_of(path: str, fmt: str):
+    """The same-size batch function of an artifact file."""
+    if fmt == "pt2":
+        module = torch.export.load(path).module()
+        return lambda x: module(x)
+    if fmt == "aoti":
+        runner = torch._inductor.aoti_load_package(path)
+        return lambda x: runner(x)
+    if fmt == "onnx":
+        from mrcnn.export.onnx_export import ort_session
+
+        session = ort_session(path)
+        return lambda x: [torch.from_numpy(o) for o in session.run(None, {"images": x.numpy()})]
+    raise ValueError(f"{path}.json: unknown artifact format {fmt!r}")
+
+
+def load_artifact(path: str, max_batch: int = 8) -> Predictor:
+    """A Predictor (list of uint8 [3, H, W] -> per-image dicts of boxes, labels, scores, masks
+    at the original size) running the artifact at `path`."""
+    from mrcnn.export.program import check_size
+
+    sidecar = read_sidecar(path)
+    fmt = sidecar.get("format")
+    if fmt in ("pt2", "aoti"):
+        load_operators(sidecar, os.path.dirname(os.path.abspath(path)))
+    run_batch = run_batch_of(path, fmt)
+    input_cfg = types.SimpleNamespace(**sidecar["input"]["sizes"])
+    return Predictor(run_batch, max_batch=min(max_batch, sidecar["input"]["max_batch"]),
+                     check=lambda h, w: check_size(h, w, input_cfg),
+                     categories=sidecar.get("categories"))

@@ -1,0 +1,188 @@
+"""Our operators in ONNX: decompositions to aten, and translations to ONNX's own operators.
+
+`torch.onnx.export(..., dynamo=True)` exports an ExportedProgram; before it does, the program's
+torch.ops.mrcnn.* calls are rewritten (`ExportedProgram.run_decompositions`) so that only two
+remain, which ONNX has natively:
+- mrcnn::nms -> NonMaxSuppression (one class; torchvision's ONNX export does the same);
+- mrcnn::roi_align -> RoiAlign (opset 16+, avg mode, coordinate_transformation_mode
+  output_half_pixel for the legacy aligned=False, half_pixel for aligned=True; sampling ratio
+  0 = adaptive, our -1);
+and the others become aten code that computes what the kernels compute:
+- batched_nms: torchvision's coordinate trick (boxes offset by group * (max coordinate + 1),
+  then one nms) - in float32 the offsets cost ~1e-3 px of precision per box far from 0;
+- multilevel_roi_align: the level of each RoI (poolers.map_levels' rule), one roi_align per
+  level over that level's RoIs, scattered back;
+- rpn_decode_topk: per-level topk, sigmoid, decode, clip, validity (ops.reference's order);
+- paste_masks: the separable bilinear resize of the padded mask into its integer box, written
+  as gathers over the whole image (torchvision's paste_masks_in_image, no per-box loop).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ops import reference
+
+MAX_NMS_OUTPUT = 1 << 30
+
+
+# ----------------------------------------------------------------------------- decompositions
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    top = torch.cat([boxes.reshape(-1), boxes.new_zeros((1,))]).max()
+    offsets = idxs.to(boxes.dtype) * (top + 1)
+    return torch.ops.mrcnn.nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
+# reference.fpn_levels and reference.decode_boxes with python-number constants instead of
+# torch.tensor ones (which the decomposition tracer cannot lift); the same float32 values.
+def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_level, canonical_scale):
+    s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + 1e-6)
+    lvl = torch.clamp(lvl, min=k_min, max=k_max)
+    return torch.where(torch.isnan(lvl), -1, lvl.nan_to_num().to(torch.int64) - k_min)
+
+
+def decode_boxes(deltas: Tensor, boxes: Tensor, weights, clamp: float) -> Tensor:
+    boxes = boxes.to(deltas.dtype)
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx = deltas[:, 0::4] / wx
+    dy = deltas[:, 1::4] / wy
+    dw = (deltas[:, 2::4] / ww).clamp(max=clamp)
+    dh = (deltas[:, 3::4] / wh).clamp(max=clamp)
+    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+    half_w = 0.5 * (torch.exp(dw) * widths[:, None])
+    half_h = 0.5 * (torch.exp(dh) * heights[:, None])
+    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w,
+                        pred_ctr_y + half_h), dim=2).flatten(1)
+
+
+def multilevel_roi_align(features, rois, spatial_scales, pooled_height, pooled_width,
+                         sampling_ratio, aligned, canonical_level, canonical_scale, k_min):
+    levels = fpn_levels(rois[:, 1:], k_min, k_min + len(features) - 1, canonical_level,
+                        canonical_scale)
+    f0 = features[0]
+    out = f0.new_zeros((rois.shape[0], f0.shape[1], pooled_height, pooled_width))
+    for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
+        sel = torch.nonzero(levels == lvl).squeeze(1)
+        pooled = torch.ops.mrcnn.roi_align(feat, rois[sel], scale, pooled_height, pooled_width,
+                                           sampling_ratio, aligned)
+        out = out.index_copy(0, sel, pooled)
+    return out
+
+
+def rpn_decode_topk(objectness, deltas, anchors, level_sizes, pre_nms_top_n, image_hw,
+                    weights, clamp, min_size, score_thresh):
+    b = objectness.shape[0]
+    tops, lvls = [], []
+    offset = 0
+    for level, n in enumerate(level_sizes):
+        k = torch.sym_min(pre_nms_top_n, n)  # no guard on the (symbolic) level size
+        top = objectness[:, offset: offset + n].topk(k, dim=1).indices
+        tops.append(top + offset)
+        lvls.append(torch.full((k,), level, dtype=torch.int64, device=objectness.device))
+        offset = offset + n
+    idx = torch.cat(tops, dim=1)
+    lvl = torch.cat(lvls)
+    scores = torch.sigmoid(torch.gather(objectness, 1, idx))
+    k = idx.shape[1]
+    d = torch.gather(deltas, 1, idx[..., None].expand(-1, -1, 4)).reshape(b * k, 4)
+    boxes = decode_boxes(d, anchors[idx].reshape(b * k, 4), weights, clamp)
+    boxes = boxes.view(b, k, 4)
+    hw = image_hw.to(boxes.dtype)
+    x = boxes[..., 0::2].clamp(min=0).clamp(max=hw[:, 1, None, None])
+    y = boxes[..., 1::2].clamp(min=0).clamp(max=hw[:, 0, None, None])
+    boxes = torch.stack((x, y), dim=-1).reshape(boxes.shape)
+    ws = boxes[..., 2] - boxes[..., 0]
+    hs = boxes[..., 3] - boxes[..., 1]
+    valid = (ws >= min_size) & (hs >= min_size) & (scores >= score_thresh)
+    return boxes, scores, lvl, valid
+
+
+def _axis_weights(start: Tensor, length: Tensor, size, src_size: int):
+    """Bilinear taps (align_corners=False) of image pixels 0..size-1 along one axis into a
+    source of `src_size` resized to `length` pixels placed at `start` (all [K]).
+    -> (i0, i1 int64 [K, size], w0, w1 float32 [K, size], inside bool [K, size])."""
+    pix = torch.arange(size, device=start.device)[None, :] - start[:, None]  # [K, size]
+    inside = (pix >= 0) & (pix < length[:, None])
+    scale = src_size / length.to(torch.float32)
+    src = ((pix.to(torch.float32) + 0.5) * scale[:, None] - 0.5).clamp(min=0)
+    i0 = src.to(torch.int64).clamp(max=src_size - 1)
+    i1 = torch.where(i0 < src_size - 1, i0 + 1, i0)
+    w1 = src - i0.to(torch.float32)
+    return i0, i1, 1.0 - w1, w1, inside
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, image_h, image_w, threshold: float,
+                padding: int) -> Tensor:
+    """ops.paste_masks as tensor code: bool [K, image_h, image_w]."""
+    k, m = masks.shape[0], masks.shape[-1]
+    mp = m + 2 * padding
+    padded = F.pad(masks, (padding,) * 4)  # [K, Mp, Mp]
+    ib = reference._expand_box_for_paste(boxes, float(mp) / m)  # int64 [K, 4]
+    w = (ib[:, 2] - ib[:, 0] + 1).clamp(min=1)
+    h = (ib[:, 3] - ib[:, 1] + 1).clamp(min=1)
+    x0, x1, wx0, wx1, in_x = _axis_weights(ib[:, 0], w, image_w, mp)
+    y0, y1, wy0, wy1, in_y = _axis_weights(ib[:, 1], h, image_h, mp)
+    # Along x first, then y: the order of upsample_bilinear2d's sums.
+    cols0 = torch.gather(padded, 2, x0[:, None, :].expand(k, mp, image_w))
+    cols1 = torch.gather(padded, 2, x1[:, None, :].expand(k, mp, image_w))
+    rows = wx0[:, None, :] * cols0 + wx1[:, None, :] * cols1  # [K, Mp, W]
+    top = torch.gather(rows, 1, y0[:, :, None].expand(k, image_h, image_w))
+    bottom = torch.gather(rows, 1, y1[:, :, None].expand(k, image_h, image_w))
+    val = wy0[:, :, None] * top + wy1[:, :, None] * bottom
+    return (val > threshold) & in_y[:, :, None] & in_x[:, None, :]
+
+
+def decomposition_table() -> dict:
+    m = torch.ops.mrcnn
+    return {
+        m.batched_nms.default: batched_nms,
+        m.multilevel_roi_align.default: multilevel_roi_align,
+        m.rpn_decode_topk.default: rpn_decode_topk,
+        m.paste_masks.default: paste_masks,
+    }
+
+
+# ----------------------------------------------------------------------------- translations
+def translation_table() -> dict:
+    """onnxscript functions for mrcnn::nms and mrcnn::roi_align (imported only when used)."""
+    from onnxscript import opset18 as op
+
+    # Plain functions: the exporter traces them with onnxscript's ops, so Python values of the
+    # attributes (aligned, the threshold) pick the ONNX attributes.
+    def _nms(boxes, scores, iou_threshold: float):
+        max_out = op.Constant(value_ints=[MAX_NMS_OUTPUT])
+        thr = op.Constant(value_float=iou_threshold)
+        sel = op.NonMaxSuppression(op.Unsqueeze(boxes, [0]), op.Unsqueeze(scores, [0, 1]),
+                                   max_out, thr)
+        return op.Reshape(op.Slice(sel, [2], [3], [1]), [-1])
+
+    def _roi_align(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int,
+                   sampling_ratio: int, aligned: bool):
+        batch = op.Cast(op.Reshape(op.Slice(rois, [0], [1], [1]), [-1]), to=7)  # int64
+        coords = op.Slice(rois, [1], [5], [1])
+        mode = "half_pixel" if aligned else "output_half_pixel"
+        return op.RoiAlign(input, coords, batch, mode="avg", output_height=pooled_height,
+                           output_width=pooled_width, sampling_ratio=max(sampling_ratio, 0),
+                           spatial_scale=spatial_scale, coordinate_transformation_mode=mode)
+
+    def _stable_sort(x, stable: bool = True, dim: int = -1, descending: bool = False):
+        # The graph sorts 1-d int64 image indices (small, >= 0) stably: with the position
+        # folded into the key (x * n + i) the keys are unique, so TopK's order is the stable one.
+        n = op.Shape(x)
+        pos = op.Range(op.Constant(value_int=0), op.Squeeze(n), op.Constant(value_int=1))
+        key = op.Add(op.Mul(x, op.Squeeze(n)), pos)
+        _, idx = op.TopK(key, n, axis=0, largest=1 if descending else 0, sorted=1)
+        return op.Gather(x, idx, axis=0), idx
+
+    m = torch.ops.mrcnn
+    return {m.nms.default: _nms, m.roi_align.default: _roi_align,
+            torch.ops.aten.sort.stable: _stable_sort}
+
