@@ -190,6 +190,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.predict.input = config_dict.placeholder(str)  # image file, folder or glob
     c.predict.score_thresh = 0.5  # drawn and written above this score
     c.predict.draw = True
+    c.predict.artifact = config_dict.placeholder(str)  # an exported model (mrcnn/export) to run
 
     # --------------------------------------------------------------- browse / analyze
     # --mode=browse draws the ground truth (mrcnn/analysis/browse.py); --mode=analyze breaks an
@@ -218,6 +219,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.bench.image_size = (800, 1333)  # (h, w) of the synthetic benchmark images
     c.bench.reference = True  # also time torchvision's Mask R-CNN in the same run
     c.bench.dtypes = ("float32", "bfloat16")
+
+    # --------------------------------------------------------------- export (deployment)
+    # --mode=export (mrcnn/export): artifacts under <workdir>/<export.dir>, each with a sidecar
+    # json; an artifact failing parity against eager is not written under its final name.
+    c.export = ml_collections.ConfigDict()
+    c.export.dir = "export"
+    c.export.formats = ("pt2", "aoti", "onnx")  # torch.export program, AOTInductor package, ONNX
+    c.export.mask_threshold = 0.5  # pasted masks are probabilities > this (as eval/predict)
+    c.export.max_batch = 8  # images per call of an artifact's predictor (the program allows 64)
+    c.export.parity_val_images = 4  # data.val images added to the synthetic parity set (0: none)
+    c.export.box_tol = 1e-3  # px, largest box coordinate difference against eager
+    c.export.score_tol = 1e-4
+    c.export.mask_iou_tol = 0.99  # smallest mask IoU against eager
+    c.export.bench_batches = (1, 8)  # batch sizes timed by bench_artifacts
+    c.export.bench_iters = 5  # timed rounds (each runs eager and every artifact once, interleaved)
 
     # --------------------------------------------------------------- performance switches
     c.perf = ml_collections.ConfigDict()
