@@ -14,9 +14,12 @@ import importlib
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Union
 
 import torch
+import torch.fx
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
 from ops import reference
 
@@ -34,6 +37,7 @@ if _C is not None:
 __all__ = [
     "nms",
     "batched_nms",
+    "segmented_batched_nms",
     "roi_align",
     "box_iou",
     "paste_masks",
@@ -83,6 +87,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     kept box is > iou_threshold. Returns int64 [K] kept indices by decreasing score; equal scores
     keep input order (stable sort), as torchvision.
     """
+    if torch.jit.is_scripting():  # TorchScript: the compiled operator only
+        return torch.ops.mrcnn.nms(boxes, scores, float(iou_threshold))
     if _native(boxes):
         return torch.ops.mrcnn.nms(boxes, scores, float(iou_threshold))
     return reference.nms(boxes, scores, iou_threshold)
@@ -92,26 +98,101 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """NMS independently per category, as torchvision.ops.batched_nms.
 
     boxes: float [N, 4] xyxy; scores: [N]; idxs: int64 [N] category of each box.
-    Returns int64 [K] kept indices sorted by decreasing score (ties in input order).
+    Returns int64 [K] kept indices sorted by decreasing score (ties in input order). Empty boxes
+    (any empty shape, scores and idxs then unused) give an empty result, as torchvision.
+    On CUDA, inputs above NMS_CHUNK boxes run as chunks of whole categories (see
+    segmented_batched_nms), so the kernel's N x N/64 mask is bounded by the largest chunk.
     """
-    if _native(boxes):
-        return torch.ops.mrcnn.batched_nms(boxes, scores, idxs, float(iou_threshold))
-    return reference.batched_nms(boxes, scores, idxs, iou_threshold)
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if not _native(boxes):
+        return reference.batched_nms(boxes, scores, idxs, iou_threshold)
+    # The CPU kernel already works per category (no N x N state); the CUDA one builds one mask
+    # for everything it is given. A traced graph keeps the single call (no data-dependent
+    # Python branching while compiling).
+    if (
+        boxes.device.type == "cuda"
+        and not torch.compiler.is_compiling()
+        and boxes.shape[0] > NMS_CHUNK
+    ):
+        return segmented_batched_nms(boxes, scores, idxs, iou_threshold, NMS_CHUNK)
+    return torch.ops.mrcnn.batched_nms(boxes, scores, idxs, float(iou_threshold))
+
+
+# Boxes per CUDA batched-NMS call: its mask is n * ceil(n / 64) words, 2 MiB at 4096 boxes,
+# while torchvision's per-class problems are ~1000 boxes. The whole batch at inference
+# (8 images x 80 classes x 1000 boxes with a 0 score threshold) would be ~65 GB in one call.
+NMS_CHUNK = 4096
+
+
+def _chunks_of(counts: list[int], max_chunk: int) -> list[int]:
+    # Consecutive categories packed greedily into chunks of at most max_chunk boxes; a category
+    # larger than that is a chunk on its own (NMS never crosses categories, so any packing of
+    # whole categories gives the same kept set).
+    chunks, cur = [], 0
+    for c in counts:
+        if cur and cur + c > max_chunk:
+            chunks.append(cur)
+            cur = 0
+        cur += c
+    chunks.append(cur)
+    return chunks
+
+
+def segmented_batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, max_chunk: int
+) -> Tensor:
+    """batched_nms as a loop over chunks of whole categories of at most `max_chunk` boxes (a
+    larger category alone), each through the compiled batched_nms: the same result as one call,
+    with per-call work and memory bounded by the largest chunk. One host read (the category
+    sizes). Used by batched_nms for large CUDA inputs; callable on any device (tests run it on
+    the CPU)."""
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    # Score order (stable), then a stable sort by category: each category is a contiguous run,
+    # itself in decreasing score order, as torchvision's per-class loop sees it.
+    order = torch.sort(scores, descending=True, stable=True).indices
+    by_cls = torch.sort(idxs[order], stable=True)
+    perm = order[by_cls.indices]
+    counts = torch.unique_consecutive(by_cls.values, return_counts=True)[1].tolist()
+    kept, start = [], 0
+    for n in _chunks_of(counts, max_chunk):
+        sel = perm[start : start + n]
+        start += n
+        keep = torch.ops.mrcnn.batched_nms(boxes[sel], scores[sel], idxs[sel], float(iou_threshold))
+        kept.append(sel[keep])
+    # Merged in decreasing score with ties in input order: ascending index first, then a
+    # stable sort by score.
+    k = torch.sort(torch.cat(kept)).values
+    return k[torch.sort(scores[k], descending=True, stable=True).indices]
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU, as torchvision.ops.box_iou: [N, 4], [M, 4] xyxy -> [N, M]."""
+    """Pairwise IoU, as torchvision.ops.box_iou: [N, 4], [M, 4] xyxy -> [N, M].
+
+    float64 stays float64; everything else (float16, bfloat16, integer boxes) is computed and
+    returned in float32 as torchvision does: half-precision areas overflow past ~256 x 256 px.
+    """
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    if dtype != torch.float64:
+        dtype = torch.float32
+    boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
+    if torch.jit.is_scripting():  # TorchScript: the compiled operator only
+        return torch.ops.mrcnn.box_iou(boxes1, boxes2)
     if _native(boxes1):
         return torch.ops.mrcnn.box_iou(boxes1, boxes2)
     return reference.box_iou(boxes1, boxes2)
 
 
 def _rois_from(boxes: Tensor | list[Tensor]) -> Tensor:
-    # torchvision's convert_boxes_to_roi_format: prefix each image's boxes with its batch index.
+    # torchvision's check_roi_boxes_shape + convert_boxes_to_roi_format: prefix each image's
+    # boxes with its batch index. torch._assert (AssertionError) as there.
     if isinstance(boxes, Tensor):
-        torch._check(boxes.dim() == 2 and boxes.shape[1] == 5, lambda: "rois must be [K, 5]")
+        torch._assert(boxes.dim() == 2 and boxes.shape[1] == 5, "rois must be a Tensor [K, 5]")
         return boxes
-    torch._check(all(b.dim() == 2 and b.shape[1] == 4 for b in boxes), lambda: "boxes: [L, 4]")
+    torch._assert(
+        all(b.dim() == 2 and b.shape[1] == 4 for b in boxes), "boxes must be a list of [L, 4]"
+    )
     cat = torch.cat(list(boxes), dim=0)
     idx = torch.cat(
         [torch.full_like(b[:, :1], i, dtype=cat.dtype) for i, b in enumerate(boxes)], dim=0
@@ -121,8 +202,8 @@ def _rois_from(boxes: Tensor | list[Tensor]) -> Tensor:
 
 def roi_align(
     input: Tensor,
-    boxes: Tensor | list[Tensor],
-    output_size: int | tuple[int, int],
+    boxes: Union[Tensor, list[Tensor]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -135,6 +216,11 @@ def roi_align(
     ceil(roi_size / output_size) samples per bin side. aligned=True: half-pixel shift
     (Detectron2 ROIAlignV2). Returns [K, C, output_h, output_w].
     """
+    if torch.jit.is_scripting():
+        # TorchScript (torchvision's ops script): the compiled operator only; the branch below
+        # is not compiled by the scripting frontend.
+        return _roi_align_scripted(input, boxes, output_size, spatial_scale, sampling_ratio,
+                                   aligned)
     ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
     rois = _rois_from(boxes)
     if _native(input):
@@ -142,6 +228,30 @@ def roi_align(
             input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)
         )
     return reference.roi_align(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+
+
+def _roi_align_scripted(
+    input: Tensor,
+    boxes: Union[Tensor, list[Tensor]],
+    output_size: list[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    if isinstance(boxes, Tensor):
+        rois = boxes
+    else:
+        idx = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+        rois = torch.cat([torch.cat(idx, dim=0), torch.cat(boxes, dim=0)], dim=1)
+    torch._assert(rois.dim() == 2 and rois.shape[1] == 5, "rois must be a Tensor [K, 5]")
+    return torch.ops.mrcnn.roi_align(
+        input, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned
+    )
+
+
+# torch.fx traces roi_align as one call (a leaf node), as torchvision's roi_align: its list /
+# tensor dispatch cannot run on proxies.
+torch.fx.wrap("roi_align")
 
 
 def paste_masks(

@@ -29,6 +29,7 @@ __all__ = [
     "decode_boxes",
     "encode_boxes",
     "match_boxes",
+    "match_quality",
     "fpn_levels",
     "multilevel_roi_align",
     "rpn_decode_topk",
@@ -36,18 +37,22 @@ __all__ = [
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of every pair: boxes1 [N, 4], boxes2 [M, 4] xyxy -> [N, M] in the boxes' dtype.
-
-    Zero-area boxes give 0/0 = NaN against other zero-area boxes, exactly as torchvision.
+    """IoU of every pair: boxes1 [..., N, 4], boxes2 [..., M, 4] xyxy (leading dimensions
+    broadcast) -> [..., N, M] in the boxes' dtype. torchvision's box_iou arithmetic: areas
+    (x2 - x1) * (y2 - y1), intersection clamped at 0, inter / (area1 + area2 - inter); zero-area
+    boxes give 0/0 = NaN against other zero-area boxes, exactly as there.
     """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
-    return inter / union
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    # Per axis rather than on [..., N, M, 2] pairs: the same arithmetic, half the temporaries
+    # (the RPN's [B, M, anchors] matrices are the largest tensors of a training step).
+    a = boxes1[..., :, None, :]
+    b = boxes2[..., None, :, :]
+    w = (torch.min(a[..., 2], b[..., 2]) - torch.max(a[..., 0], b[..., 0])).clamp_(min=0)
+    h = (torch.min(a[..., 3], b[..., 3]) - torch.max(a[..., 1], b[..., 1])).clamp_(min=0)
+    inter = w.mul_(h)
+    union = area1[..., :, None] + area2[..., None, :] - inter
+    return inter.div_(union)
 
 
 def _iou_one_to_many(box: Tensor, area: Tensor, boxes: Tensor, areas: Tensor) -> Tensor:
@@ -549,6 +554,37 @@ def encode_boxes(
     return torch.stack((dx, dy, dw, dh), dim=1)
 
 
+def match_quality(
+    quality: Tensor,
+    high_threshold: float,
+    low_threshold: float,
+    allow_low_quality_matches: bool = False,
+    gt_valid: Tensor | None = None,
+) -> Tensor:
+    """torchvision's Matcher on a quality matrix, batched: quality float [..., M, N] (gt x
+    predictions); gt_valid optional bool [..., M] marking real gt rows when the gt is padded
+    (padded rows must hold a quality below 0, e.g. -1, so that they never win).
+
+    Returns int64 [..., N]: each prediction's best gt (torch.max: the lowest index among equal
+    maxima, the first NaN wins) when its quality is >= high_threshold, -2 in [low, high), -1
+    below low or when M == 0. With `allow_low_quality_matches`, every prediction that attains
+    some valid gt's highest quality (ties included, also when it is 0) keeps its best gt.
+    """
+    if low_threshold > high_threshold:
+        raise ValueError(f"low_threshold {low_threshold} > high_threshold {high_threshold}")
+    *lead, m, n = quality.shape
+    if m == 0 or n == 0:
+        return torch.full((*lead, n), -1, dtype=torch.int64, device=quality.device)
+    vals, idx = quality.max(dim=-2)
+    res = torch.where(vals < low_threshold, -1, torch.where(vals < high_threshold, -2, idx))
+    if allow_low_quality_matches:
+        is_best = quality == quality.max(dim=-1, keepdim=True).values
+        if gt_valid is not None:
+            is_best = is_best & gt_valid[..., None]
+        res = torch.where(is_best.any(dim=-2), idx, res)
+    return res
+
+
 def match_boxes(
     gt_boxes: Tensor,
     gt_valid: Tensor,
@@ -557,11 +593,11 @@ def match_boxes(
     low_threshold: float,
     allow_low_quality_matches: bool = False,
 ) -> Tensor:
-    """torchvision's Matcher on the IoU of padded gt [B, M, 4] (valid [B, M]) with boxes [N, 4]
-    or [B, N, 4] -> int64 [B, N] (gt index, -1 below low, -2 between); see ops.match_boxes.
+    """match_quality on the IoU of padded gt [B, M, 4] (valid [B, M]) with boxes [N, 4] or
+    [B, N, 4] -> int64 [B, N] (gt index, -1 below low, -2 between); see ops.match_boxes.
 
     One image at a time, so the IoU matrix is [M, N], never [B, M, N]. Padded gt rows have
-    quality -1; the IoU is (x2 - x1) * (y2 - y1) areas, inter / ((area_gt + area_box) - inter).
+    quality -1.
     """
     if low_threshold > high_threshold:
         raise ValueError(f"low_threshold {low_threshold} > high_threshold {high_threshold}")
@@ -571,20 +607,9 @@ def match_boxes(
     if m == 0 or n == 0:
         return out
     for i in range(b):
-        g, p = gt_boxes[i], boxes if boxes.dim() == 2 else boxes[i]
-        area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
-        area_p = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
-        w = (torch.min(g[:, None, 2], p[None, :, 2]) - torch.max(g[:, None, 0], p[None, :, 0]))
-        h = (torch.min(g[:, None, 3], p[None, :, 3]) - torch.max(g[:, None, 1], p[None, :, 1]))
-        inter = w.clamp(min=0) * h.clamp(min=0)
-        iou = inter / (area_g[:, None] + area_p[None, :] - inter)
-        valid = gt_valid[i][:, None]
-        q = torch.where(valid, iou, torch.full_like(iou, -1.0))
-        # torch.max: the first NaN wins, else the first (lowest gt index) of equal maxima.
-        vals, idx = q.max(dim=0)
-        res = torch.where(vals < low_threshold, -1, torch.where(vals < high_threshold, -2, idx))
-        if allow_low_quality_matches:
-            highest = q.max(dim=1, keepdim=True).values
-            res = torch.where(((q == highest) & valid).any(dim=0), idx, res)
-        out[i] = res
+        iou = box_iou(gt_boxes[i], boxes if boxes.dim() == 2 else boxes[i])
+        q = torch.where(gt_valid[i][:, None], iou, torch.full_like(iou, -1.0))
+        out[i] = match_quality(
+            q, high_threshold, low_threshold, allow_low_quality_matches, gt_valid[i]
+        )
     return out

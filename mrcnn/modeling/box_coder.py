@@ -3,7 +3,11 @@
 dx = wx * (gx - rx) / rw, dy = wy * (gy - ry) / rh, dw = ww * log(gw / rw), dh = wh * log(gh / rh)
 with centres (x, y) and sizes (w, h) of the target g and the reference r (xyxy, pixels; width is
 x2 - x1, no +1). The weights are (1, 1, 1, 1) for the RPN and (10, 10, 5, 5) for the RoI heads.
-The operations follow torchvision's BoxCoder in the same order, so outputs agree bit for bit.
+
+The arithmetic is written once, in the `ops` kernels (ops/csrc/box_coding.h) and their Python
+reference (ops.reference.encode_boxes / decode_boxes, the fallback without compiled kernels),
+in torchvision's BoxCoder operation order, so outputs agree bit for bit. This module only maps
+the model's [..., 4] layouts onto them.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 import ops
+import ops.reference
 
 # Decoded sizes are exp(dw) * w: without a cap an untrained head (or a bad step) can predict
 # dw in the hundreds, overflow exp to inf and poison NMS and the loss. log(1000 / 16) lets a
@@ -23,35 +27,15 @@ DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 def encode(targets: Tensor, reference: Tensor, weights: Sequence[float]) -> Tensor:
-    """Deltas that turn `reference` boxes into `targets`. Both [..., 4] xyxy -> [..., 4].
-
-    Computed in the inputs' dtype (callers pass float32). Zero-size references give inf/NaN:
-    mask such rows before using them in a loss.
+    """Deltas that turn `reference` boxes into `targets`. Both [..., 4] xyxy -> [..., 4], in
+    targets' dtype (callers pass float32). Zero-size references give inf/NaN: mask such rows
+    before using them in a loss. Regression targets are constants: no gradient flows.
     """
-    if (
-        ops.has_kernels(targets)
-        and targets.shape == reference.shape
-        and targets.dtype == reference.dtype
-        and targets.is_floating_point()
-        and not (targets.requires_grad or reference.requires_grad)
-    ):
-        # One fused kernel (plus torch's own log): the same values as below, bit for bit.
-        flat = ops.encode_boxes(targets.reshape(-1, 4), reference.reshape(-1, 4), tuple(weights))
-        return flat.reshape(targets.shape)
-    wx, wy, ww, wh = weights
-    ex_w = reference[..., 2] - reference[..., 0]
-    ex_h = reference[..., 3] - reference[..., 1]
-    ex_x = reference[..., 0] + 0.5 * ex_w
-    ex_y = reference[..., 1] + 0.5 * ex_h
-    gt_w = targets[..., 2] - targets[..., 0]
-    gt_h = targets[..., 3] - targets[..., 1]
-    gt_x = targets[..., 0] + 0.5 * gt_w
-    gt_y = targets[..., 1] + 0.5 * gt_h
-    dx = wx * (gt_x - ex_x) / ex_w
-    dy = wy * (gt_y - ex_y) / ex_h
-    dw = ww * torch.log(gt_w / ex_w)
-    dh = wh * torch.log(gt_h / ex_h)
-    return torch.stack((dx, dy, dw, dh), dim=-1)
+    reference = reference.detach().to(targets.dtype).expand_as(targets)
+    flat = ops.encode_boxes(
+        targets.detach().reshape(-1, 4), reference.reshape(-1, 4), tuple(weights)
+    )
+    return flat.reshape(targets.shape)
 
 
 def decode(
@@ -62,28 +46,16 @@ def decode(
 ) -> Tensor:
     """Boxes from deltas. deltas [..., K*4] (K boxes per reference, e.g. one per class),
     reference [..., 4] -> [..., K*4] xyxy, in deltas' dtype (pass float32 deltas for precision).
+
+    ops.reference.decode_boxes, not the ops.decode_boxes kernel: the kernel's exp is libm's,
+    which can differ from torch.exp by an ulp, and the detections must equal torchvision's bit
+    for bit. Differentiable (plain tensor operations).
     """
-    reference = reference.to(deltas.dtype)
-    widths = reference[..., 2] - reference[..., 0]
-    heights = reference[..., 3] - reference[..., 1]
-    ctr_x = reference[..., 0] + 0.5 * widths
-    ctr_y = reference[..., 1] + 0.5 * heights
-
-    wx, wy, ww, wh = weights
-    dx = deltas[..., 0::4] / wx
-    dy = deltas[..., 1::4] / wy
-    dw = deltas[..., 2::4] / ww
-    dh = deltas[..., 3::4] / wh
-    dw = torch.clamp(dw, max=scale_clamp)
-    dh = torch.clamp(dh, max=scale_clamp)
-
-    pred_ctr_x = dx * widths[..., None] + ctr_x[..., None]
-    pred_ctr_y = dy * heights[..., None] + ctr_y[..., None]
-    pred_w = torch.exp(dw) * widths[..., None]
-    pred_h = torch.exp(dh) * heights[..., None]
-    half_w = 0.5 * pred_w
-    half_h = 0.5 * pred_h
-    boxes = torch.stack(
-        (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=-1
+    lead = deltas.shape[:-1]
+    flat = ops.reference.decode_boxes(
+        deltas.reshape(-1, deltas.shape[-1]),
+        reference.to(deltas.dtype).expand(*lead, 4).reshape(-1, 4),
+        tuple(weights),
+        scale_clamp,
     )
-    return boxes.flatten(-2)
+    return flat.reshape(deltas.shape)

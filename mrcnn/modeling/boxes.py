@@ -1,13 +1,16 @@
 """Elementary box maths on xyxy boxes in absolute pixels, batched over leading dimensions.
 
 The formulas and their order of operations are torchvision's (`box_area`, `box_iou`,
-`clip_boxes_to_image`, `remove_small_boxes`), so results agree bit for bit.
+`clip_boxes_to_image`, `remove_small_boxes`), so results agree bit for bit. The IoU is
+ops.reference's (one copy for the model, the kernels' tests and the fallback).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ops import reference
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -17,18 +20,10 @@ def box_area(boxes: Tensor) -> Tensor:
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of every pair: boxes1 [..., M, 4], boxes2 [..., N, 4] (broadcast leading dims)
-    -> [..., M, N] float. Degenerate pairs (zero union) give NaN, as torchvision's box_iou."""
-    area1 = box_area(boxes1)
-    area2 = box_area(boxes2)
-    # Per axis rather than on [..., M, N, 2] pairs: the same arithmetic, half the temporaries
-    # (the RPN's [B, M, anchors] matrices are the largest tensors of a training step).
-    a = boxes1[..., :, None, :]
-    b = boxes2[..., None, :, :]
-    w = (torch.min(a[..., 2], b[..., 2]) - torch.max(a[..., 0], b[..., 0])).clamp_(min=0)
-    h = (torch.min(a[..., 3], b[..., 3]) - torch.max(a[..., 1], b[..., 1])).clamp_(min=0)
-    inter = w.mul_(h)
-    union = area1[..., :, None] + area2[..., None, :] - inter
-    return inter.div_(union)
+    -> [..., M, N] in the boxes' dtype. Degenerate pairs (zero union) give NaN, as torchvision's
+    box_iou. ops.reference.box_iou is the one copy of this arithmetic (ops.box_iou's kernels
+    and ops.match_boxes compute the same values)."""
+    return reference.box_iou(boxes1, boxes2)
 
 
 def clip_boxes(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> Tensor:

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 import ops
+from ops import reference
 
 CANONICAL_SCALE = 224
 CANONICAL_LEVEL = 4
-LEVEL_EPS = 1e-6
 
 
 def infer_scales(
@@ -34,13 +34,10 @@ def infer_scales(
 
 
 def map_levels(boxes: Tensor, k_min: int, k_max: int) -> Tensor:
-    """Pyramid level index (0 = level k_min) of each box [R, 4] -> int64 [R]."""
-    s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    lvl = torch.floor(
-        CANONICAL_LEVEL + torch.log2(s / CANONICAL_SCALE) + torch.tensor(LEVEL_EPS, dtype=s.dtype)
-    )
-    lvl = torch.clamp(lvl, min=k_min, max=k_max)
-    return lvl.to(torch.int64) - k_min
+    """Pyramid level index (0 = level k_min) of each box [R, 4] -> int64 [R]; -1 for a box with
+    negative area (no level). The rule is ops.reference.fpn_levels, the Python copy of what
+    ops.multilevel_roi_align's kernels apply."""
+    return reference.fpn_levels(boxes, k_min, k_max, CANONICAL_LEVEL, CANONICAL_SCALE)
 
 
 def roi_pool(

@@ -2,8 +2,8 @@
 
 `box_detections` is torchvision's `RoIHeads.postprocess_detections` batched over images:
 softmax, class-specific decoding, clipping, score threshold, removal of boxes under 0.01 px, NMS
-per image and class (one call, group = image * num_classes + class), and the best
-`detections_per_img` per image.
+per image and class (one ops.batched_nms call, group = image * num_classes + class, which runs
+bounded per-group segments on CUDA), and the best `detections_per_img` per image.
 """
 
 from __future__ import annotations
@@ -49,16 +49,26 @@ def box_detections(
     keep = (scores > score_thresh) & nonempty(boxes, MIN_BOX_SIZE)
     ri, ci = torch.nonzero(keep, as_tuple=True)
     boxes, scores, labels, img = boxes[ri, ci], scores[ri, ci], ci + 1, batch_idx[ri]
+    # One NMS problem per (image, class) segment (ops.batched_nms bounds each kernel call).
     keep = ops.batched_nms(boxes, scores, img * c + labels, nms_thresh)
     boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
-    # NMS returns decreasing scores; a stable sort by image keeps that order inside each image.
-    order = torch.sort(img, stable=True).indices
-    boxes, scores, labels, img = boxes[order], scores[order], labels[order], img[order]
-    counts = torch.bincount(img, minlength=image_hw.shape[0])
+    order, rank = rank_in_image(img, image_hw.shape[0])
+    sel = order[torch.nonzero(rank < detections_per_img).squeeze(1)]
+    return boxes[sel], scores[sel], labels[sel], img[sel]
+
+
+def rank_in_image(batch_idx: Tensor, num_images: int) -> tuple[Tensor, Tensor]:
+    """Flat items of several images (batch_idx int64 [K]) grouped by image: `order` [K] sorts
+    them by image, stably, so an order they already have (NMS's decreasing score) is kept within
+    each image; rank[j] is the position of item order[j] within its image (0 = first).
+    Used to keep the best n per image of detections (here) and of proposals (rpn.py).
+    """
+    order = torch.sort(batch_idx, stable=True).indices
+    img = batch_idx[order]
+    counts = torch.bincount(img, minlength=num_images)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(img.shape[0], device=img.device) - starts[img]
-    sel = torch.nonzero(rank < detections_per_img).squeeze(1)
-    return boxes[sel], scores[sel], labels[sel], img[sel]
+    return order, rank
 
 
 def rescale_boxes(

@@ -6,7 +6,8 @@ a side below `min_size` or a probability below `score_thresh` dropped, NMS per i
 then the `post_nms_top_n` best per image. All images and levels go through one NMS call (the
 group of a box is image * num_levels + level), and only the top-k boxes are decoded: the
 per-level top-k, sigmoid, decoding, clipping and validity tests of all images and levels are one
-operator, ops.rpn_decode_topk (on CUDA one top-k and one fused kernel).
+operator, ops.rpn_decode_topk (on CUDA one top-k and one fused kernel). The NMS call runs
+bounded per-(image, level) segments on CUDA (ops.batched_nms).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch.nn import functional as F
 
 import ops
 from mrcnn.modeling import box_coder
+from mrcnn.modeling.postprocess import rank_in_image
 
 
 class RPNHead(nn.Module):
@@ -128,11 +130,8 @@ def _top_per_image(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """From candidates sorted by decreasing score (any image order), the first `top_n` of each
     image, scattered into padded [B, top_n] slots."""
-    order = torch.sort(batch_idx, stable=True).indices  # by image, score order kept inside
+    order, rank = rank_in_image(batch_idx, num_images)  # by image, score order kept inside
     boxes, scores, batch_idx = boxes[order], scores[order], batch_idx[order]
-    counts = torch.bincount(batch_idx, minlength=num_images)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(batch_idx.shape[0], device=batch_idx.device) - starts[batch_idx]
     sel = rank < top_n
     out_boxes = boxes.new_zeros((num_images, top_n, 4))
     out_scores = scores.new_zeros((num_images, top_n))

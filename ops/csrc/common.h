@@ -14,6 +14,12 @@
 namespace mrcnn {
 
 // ---------------------------------------------------------------------------------------------
+// Area of an xyxy box as torchvision computes it: (x2 - x1) * (y2 - y1), no +1.
+template <typename T>
+MRCNN_HD T box_area(const T* b) {
+  return (b[2] - b[0]) * (b[3] - b[1]);
+}
+
 // Box IoU, in the operation order of torchvision's CPU nms kernel: areas precomputed as
 // (x2 - x1) * (y2 - y1), union as (area_a + area_b) - inter. 0/0 (two degenerate boxes) is NaN,
 // which compares false against any threshold, so degenerate boxes never suppress each other.
@@ -80,6 +86,15 @@ MRCNN_HD RoiGeometry<acc_t> roi_geometry(const acc_t* roi, acc_t spatial_scale, 
   const int n = g.grid_h * g.grid_w;
   g.count = static_cast<acc_t>(n > 1 ? n : 1);
   return g;
+}
+
+// Whether a RoI's batch index (row element 0, a float) names one of the `batch` images; written
+// as a positive range test so that NaN is refused. Checked by the CPU kernels before any work and
+// by every CUDA thread before it reads its image (a device-side assert there, as ATen's indexing
+// kernels, and no out-of-bounds read when asserts are compiled out).
+template <typename acc_t>
+MRCNN_HD bool valid_batch(acc_t b, int64_t batch) {
+  return b >= acc_t(0) && b < static_cast<acc_t>(batch);
 }
 
 // Sample position of sub-sample i (of `grid`) in bin p: start + p * bin + (i + .5) * bin / grid.

@@ -32,7 +32,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
       by1[j] = bp[4 * j + 1];
       bx2[j] = bp[4 * j + 2];
       by2[j] = bp[4 * j + 3];
-      bar[j] = (bx2[j] - bx1[j]) * (by2[j] - by1[j]);
+      bar[j] = box_area(bp + 4 * j);
     }
     const T* ap = a.data_ptr<T>();
     T* o = out.data_ptr<T>();
@@ -40,7 +40,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
     dynamic_parallel_for(0, n, rows, 8 * n * m, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
         const T x1 = ap[4 * i], y1 = ap[4 * i + 1], x2 = ap[4 * i + 2], y2 = ap[4 * i + 3];
-        const T area = (x2 - x1) * (y2 - y1);
+        const T area = box_area(ap + 4 * i);
         T* row = o + i * m;
         for (int64_t j = 0; j < m; ++j) {
           row[j] = iou_with_areas(x1, y1, x2, y2, area, bx1[j], by1[j], bx2[j], by2[j], bar[j]);

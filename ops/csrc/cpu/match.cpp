@@ -34,7 +34,7 @@ struct Tile {
       y1[k] = b[1];
       x2[k] = b[2];
       y2[k] = b[3];
-      area[k] = (b[2] - b[0]) * (b[3] - b[1]);
+      area[k] = box_area(b);
     }
   }
 };
@@ -117,7 +117,7 @@ void match_kernel(const T* gt, const bool* valid, const T* boxes, bool shared, i
   std::vector<T> gt_area(b_count * m);
   for (int64_t i = 0; i < b_count * m; ++i) {
     const T* g = gt + 4 * i;
-    gt_area[i] = (g[2] - g[0]) * (g[3] - g[1]);
+    gt_area[i] = box_area(g);
   }
   auto image_boxes = [&](int64_t b) { return shared ? boxes : boxes + 4 * n * b; };
 

@@ -47,7 +47,7 @@ SoA<T> gather_boxes(const T* boxes, const int64_t* perm, int64_t n) {
     s.y1[p] = b[1];
     s.x2[p] = b[2];
     s.y2[p] = b[3];
-    s.area[p] = (b[2] - b[0]) * (b[3] - b[1]);
+    s.area[p] = box_area(b);
   }
   return s;
 }

@@ -84,7 +84,7 @@ at::Tensor rois_as(const at::Tensor& rois, int64_t batch) {
   const at::Tensor r = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
   const acc_t* p = r.data_ptr<acc_t>();
   for (int64_t i = 0; i < r.size(0); ++i) {
-    TORCH_CHECK(p[5 * i] >= 0 && p[5 * i] < batch, "roi ", i, " has batch index ", p[5 * i],
+    TORCH_CHECK(valid_batch(p[5 * i], batch), "roi ", i, " has batch index ", p[5 * i],
                 " outside [0, ", batch, ")");
   }
   return r;

@@ -26,11 +26,6 @@ constexpr int64_t kMaxChunks = 64;  // pass 1a chunks per gt
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <typename T>
-__device__ __forceinline__ T box_area(const T* b) {
-  return (b[2] - b[0]) * (b[3] - b[1]);
-}
-
 // NaN-propagating max of (value, nan flag) pairs: the value is meaningful only without NaN.
 template <typename T>
 __device__ __forceinline__ void max_update(T& best, bool& nan, T q) {

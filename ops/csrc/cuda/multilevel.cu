@@ -4,7 +4,8 @@
 // cuda/roi_align.cu, except that the thread first picks its RoI's level with the rule of
 // poolers.map_levels (fpn_level in multilevel.h, in the rois' dtype) and then reads that
 // level's map, size and scale from a small table passed by value. The sampling code is the
-// same (common.h), so each output equals roi_align on the RoI's level bit for bit.
+// same (common.h, roi_align_grad.cuh), so each output equals roi_align on the RoI's level bit
+// for bit; the backward sums into float32 maps for half/bfloat16 gradients, as roi_align's.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -41,8 +42,8 @@ template <typename scalar_t, typename acc_t, typename roi_t>
 __global__ void multilevel_forward_kernel(int64_t total, Maps<const scalar_t, acc_t> maps,
                                           const roi_t* __restrict__ rois_raw,
                                           const acc_t* __restrict__ rois, Rule<roi_t> rule,
-                                          int64_t channels, int ph, int pw, int sr, bool aligned,
-                                          scalar_t* __restrict__ out) {
+                                          int64_t batch, int64_t channels, int ph, int pw,
+                                          int sr, bool aligned, scalar_t* __restrict__ out) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(blockDim.x) * gridDim.x) {
     const int bx = static_cast<int>(idx % pw);
@@ -51,6 +52,11 @@ __global__ void multilevel_forward_kernel(int64_t total, Maps<const scalar_t, ac
     const int64_t r = idx / pw / ph / channels;
     const int l = fpn_level<roi_t>(rois_raw + r * 5 + 1, rule.canonical_level,
                                    rule.inv_canonical_scale, rule.k_min, rule.k_max);
+    if (!valid_batch(rois[r * 5], batch)) {
+      CUDA_KERNEL_ASSERT(false && "multilevel_roi_align: a RoI's batch index names no image");
+      out[idx] = scalar_t(0);
+      continue;
+    }
     if (l < 0 || maps.numel[l] == 0) {
       out[idx] = scalar_t(0);
       continue;
@@ -59,28 +65,18 @@ __global__ void multilevel_forward_kernel(int64_t total, Maps<const scalar_t, ac
     const RoiGeometry<acc_t> g =
         roi_geometry<acc_t>(rois + r * 5, maps.scale[l], ph, pw, sr, aligned);
     const scalar_t* plane = maps.data[l] + (g.batch * channels + c) * height * width;
-    acc_t v = 0;
-    for (int iy = 0; iy < g.grid_h; ++iy) {
-      const acc_t y = roi_sample(g.start_h, by, g.bin_h, iy, g.grid_h);
-      for (int ix = 0; ix < g.grid_w; ++ix) {
-        const acc_t x = roi_sample(g.start_w, bx, g.bin_w, ix, g.grid_w);
-        const Bilinear<acc_t> b = bilinear(y, x, height, width);
-        v += b.w1 * acc_t(plane[b.p1]) + b.w2 * acc_t(plane[b.p2]) +
-             b.w3 * acc_t(plane[b.p3]) + b.w4 * acc_t(plane[b.p4]);
-      }
-    }
-    out[idx] = static_cast<scalar_t>(v / g.count);
+    out[idx] = static_cast<scalar_t>(average_bin(plane, g, by, bx, height, width));
   }
 }
 
 template <typename scalar_t, typename acc_t, typename roi_t>
 __global__ void multilevel_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
                                            int64_t s0, int64_t s1, int64_t s2, int64_t s3,
-                                           Maps<scalar_t, acc_t> maps,
+                                           Maps<acc_t, acc_t> maps,
                                            const roi_t* __restrict__ rois_raw,
                                            const acc_t* __restrict__ rois, Rule<roi_t> rule,
-                                           int64_t channels, int ph, int pw, int sr,
-                                           bool aligned) {
+                                           int64_t batch, int64_t channels, int ph, int pw,
+                                           int sr, bool aligned) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(blockDim.x) * gridDim.x) {
     const int bx = static_cast<int>(idx % pw);
@@ -89,13 +85,17 @@ __global__ void multilevel_backward_kernel(int64_t total, const scalar_t* __rest
     const int64_t r = idx / pw / ph / channels;
     const int l = fpn_level<roi_t>(rois_raw + r * 5 + 1, rule.canonical_level,
                                    rule.inv_canonical_scale, rule.k_min, rule.k_max);
+    if (!valid_batch(rois[r * 5], batch)) {
+      CUDA_KERNEL_ASSERT(false && "multilevel_roi_align: a RoI's batch index names no image");
+      continue;
+    }
     if (l < 0 || maps.numel[l] == 0) continue;
     const int64_t height = maps.height[l], width = maps.width[l];
     const RoiGeometry<acc_t> g =
         roi_geometry<acc_t>(rois + r * 5, maps.scale[l], ph, pw, sr, aligned);
     const acc_t go = acc_t(grad[r * s0 + c * s1 + by * s2 + bx * s3]);
     const int64_t plane = (g.batch * channels + c) * height * width;
-    scalar_t* gi = maps.data[l];
+    acc_t* gi = maps.data[l];
     const int64_t gi_numel = maps.numel[l];
     scatter_bin_gradient(gi, gi_numel, plane, g, by, bx, go, height, width);
   }
@@ -134,7 +134,8 @@ void launch_forward(const std::vector<at::Tensor>& maps, const at::Tensor& rois,
           out.numel(), maps_of<const scalar_t, acc_t>(maps, scales), raw.data_ptr<roi_t>(),
           r.data_ptr<acc_t>(),
           rule_of<roi_t>(canonical_level, canonical_scale, k_min, int64_t(maps.size())),
-          out.size(1), int(ph), int(pw), int(sr), aligned, out.data_ptr<scalar_t>());
+          maps[0].size(0), out.size(1), int(ph), int(pw), int(sr), aligned,
+          out.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -149,10 +150,10 @@ void launch_backward(const at::Tensor& grad, const at::Tensor& rois,
   multilevel_backward_kernel<scalar_t, acc_t, roi_t>
       <<<blocks_for(grad.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           grad.numel(), grad.data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
-          grad.stride(2), grad.stride(3), maps_of<scalar_t, acc_t>(grads, scales),
+          grad.stride(2), grad.stride(3), maps_of<acc_t, acc_t>(grads, scales),
           raw.data_ptr<roi_t>(), r.data_ptr<acc_t>(),
           rule_of<roi_t>(canonical_level, canonical_scale, k_min, int64_t(grads.size())),
-          grad.size(1), int(ph), int(pw), int(sr), aligned);
+          grads[0].size(0), grad.size(1), int(ph), int(pw), int(sr), aligned);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -193,11 +194,18 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
   const int64_t levels = static_cast<int64_t>(spatial_scales.size());
   TORCH_CHECK(grad.device() == rois.device(), "grad and rois are on different devices");
   const at::cuda::CUDAGuard guard(grad.device());
+  // The per-level sums run in the accumulation type (float32 for half/bfloat16 gradients) and
+  // are cast to the gradient's dtype once at the end.
+  const at::TensorOptions acc = grad.options().dtype(at::toOpMathType(grad.scalar_type()));
   std::vector<at::Tensor> grads;
   for (int64_t l = 0; l < levels; ++l) {
-    grads.push_back(at::zeros({batch_size, channels, heights[l], widths[l]}, grad.options()));
+    grads.push_back(at::zeros({batch_size, channels, heights[l], widths[l]}, acc));
   }
-  if (grad.numel() == 0) return grads;
+  auto cast_back = [&]() {
+    for (at::Tensor& g : grads) g = g.to(grad.scalar_type());  // no copy for float32 / float64
+    return grads;
+  };
+  if (grad.numel() == 0) return cast_back();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "mrcnn_multilevel_roi_align_backward_cuda", [&] {
     if (rois.scalar_type() == at::kFloat) {
@@ -210,7 +218,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(
                                         canonical_scale, k_min);
     }
   });
-  return grads;
+  return cast_back();
 }
 
 }  // namespace

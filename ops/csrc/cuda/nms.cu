@@ -38,14 +38,14 @@ __global__ void nms_mask_kernel(int64_t n, const T* __restrict__ boxes,
     sb[t * 5 + 1] = b[1];
     sb[t * 5 + 2] = b[2];
     sb[t * 5 + 3] = b[3];
-    sb[t * 5 + 4] = (b[2] - b[0]) * (b[3] - b[1]);
+    sb[t * 5 + 4] = box_area(b);
     sc[t] = cls ? cls[col_block * kWord + t] : 0;
   }
   __syncthreads();
   if (t >= row_size) return;
   const int64_t i = row_block * kWord + t;
   const T* b = boxes + i * 4;
-  const T area = (b[2] - b[0]) * (b[3] - b[1]);
+  const T area = box_area(b);
   const int64_t ci = cls ? cls[i] : 0;
   uint64_t bits = 0;
   for (int j = (row_block == col_block) ? t + 1 : 0; j < col_size; ++j) {
@@ -153,9 +153,8 @@ __global__ void box_iou_kernel(int64_t n, int64_t m, const T* __restrict__ a,
        idx += int64_t(blockDim.x) * gridDim.x) {
     const T* p = a + (idx / m) * 4;
     const T* q = b + (idx % m) * 4;
-    const T area_p = (p[2] - p[0]) * (p[3] - p[1]);
-    const T area_q = (q[2] - q[0]) * (q[3] - q[1]);
-    out[idx] = iou_with_areas(p[0], p[1], p[2], p[3], area_p, q[0], q[1], q[2], q[3], area_q);
+    out[idx] = iou_with_areas(p[0], p[1], p[2], p[3], box_area(p), q[0], q[1], q[2], q[3],
+                              box_area(q));
   }
 }
 
