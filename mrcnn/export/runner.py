@@ -1,0 +1,167 @@
+"""--mode=export: every artifact of `config.export.formats`, each checked against eager.
+
+Into <workdir>/<export.dir>/: model.pt2 (torch.export), model_aoti_cpu.pt2 (AOTInductor),
+model.onnx, each with its sidecar `<file>.json`, and the operator library the torch artifacts
+call (`mrcnn_ops.so`). Each artifact is first written under a temporary name, run on the
+parity set (synthetic batches of 1 and 3 mixed-size images, plus the first
+`export.parity_val_images` of data.val when it is on disk) and compared with the eager
+DeployModel; only one within the tolerances is renamed to its final name. A failure is
+reported in the returned dict and raised after the other formats are done.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import time
+
+import torch
+
+from mrcnn.config_check import ConfigError
+from mrcnn.export import parity, program, sidecar
+from mrcnn.export.predictor import Predictor
+from mrcnn.export.wrapper import DeployModel
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("pt2", "aoti", "onnx")
+FILES = {"pt2": "model.pt2", "aoti": "model_aoti_{device}.pt2", "onnx": "model.onnx"}
+OPS_LIBRARY = "mrcnn_ops.so"
+
+
+def build_deploy_model(config, workdir: str, device) -> tuple[DeployModel, object]:
+    """(DeployModel, the build) of the weights that --mode=eval would run."""
+    try:
+        from mrcnn.build import build
+    except ImportError:  # the run layer before mrcnn.build
+        from mrcnn.engine.inference import build_inference_model
+
+        built = None
+        model = build_inference_model(config, workdir, device)
+    else:
+        built = build(config, torch.device(device), "export", workdir)
+        model = built.model
+    deploy = DeployModel(model, config.input, mask_threshold=config.export.mask_threshold)
+    return deploy.eval(), built
+
+
+def tolerances(config) -> dict:
+    e = config.export
+    return {"box_px": float(e.box_tol), "score": float(e.score_tol),
+            "mask_iou": float(e.mask_iou_tol)}
+
+
+def val_images(config, count: int) -> list[torch.Tensor]:
+    """The first `count` images of data.val (file-name order) that the program accepts."""
+    if count <= 0:
+        return []
+    from mrcnn.data import catalog
+    from mrcnn.data.image_io import load_image
+
+    try:
+        img_dir, _ = catalog.dataset_paths(config, config.data.val)
+    except catalog.DatasetMissingError:
+        return []
+    out = []
+    for path in sorted(glob.glob(os.path.join(img_dir, "*"))):
+        try:
+            img = load_image(path)
+            program.check_size(int(img.shape[1]), int(img.shape[2]), config.input)
+        except (OSError, ValueError):
+            continue
+        out.append(img)
+        if len(out) == count:
+            break
+    return out
+
+
+def parity_set(config) -> list[list[torch.Tensor]]:
+    batches = parity.parity_batches(config.input)
+    extra = val_images(config, int(config.export.parity_val_images))
+    return batches + ([extra] if extra else [])
+
+
+def check_formats(formats) -> list[str]:
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"config.export.formats={tuple(formats)!r}: expected some of {FORMATS}")
+    return list(formats)
+
+
+def ship_operators(out_dir: str) -> str | None:
+    """Copies the compiled operator library next to the artifacts (None when there is none)."""
+    import ops
+
+    lib = getattr(getattr(ops, "_C", None), "__file__", None)
+    if not lib:
+        return None
+    shutil.copyfile(lib, os.path.join(out_dir, OPS_LIBRARY))
+    return OPS_LIBRARY
+
+
+def write_artifact(fmt: str, ep, out_dir: str, device) -> str:
+    """Writes one artifact under a temporary name -> that path."""
+    final = FILES[fmt].format(device=torch.device(device).type)
+    tmp = os.path.join(out_dir, "tmp-" + final)
+    if fmt == "pt2":
+        torch.export.save(ep, tmp)
+    elif fmt == "aoti":
+        from mrcnn.export.aoti import compile_package
+
+        compile_package(ep, tmp)
+    else:
+        from mrcnn.export.onnx_export import export_onnx
+
+        export_onnx(ep, tmp)
+    return tmp
+
+
+def check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib) -> dict:
+    """Parity of the artifact at `tmp`; renamed to its final name (with its sidecar) if it
+    passes, otherwise kept as `<name>.rejected` next to a sidecar saying why."""
+    from mrcnn.export.artifact import run_batch_of
+    from mrcnn.fileio import write_json_atomic
+
+    cand = Predictor(run_batch_of(tmp, fmt), max_batch=int(config.export.max_batch))
+    figures = parity.measure(eager, cand, batches)
+    tol = tolerances(config)
+    ok = parity.passes(figures, tol)
+    final = os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[len("tmp-"):])
+    path = final if ok else final + ".rejected"
+    os.replace(tmp, path)
+    side = sidecar.make_sidecar(fmt, config, categories, figures, tol, ops_lib,
+                                int(config.export.max_batch))
+    side["parity"]["passed"] = ok
+    write_json_atomic(path + ".json", side, indent=1)
+    log.info("export %s: %s, parity %s (%s)", fmt, path, "passed" if ok else "FAILED", figures)
+    return {"path": path, "passed": ok, "parity": figures}
+
+
+def run(config, workdir: str, device) -> dict:
+    """--mode=export: writes the artifacts of config.export.formats -> per format its path,
+    parity figures, whether it passed and the seconds it took. Raises RuntimeError after
+    writing when an artifact failed parity."""
+    formats = check_formats(config.export.formats)
+    deploy, built = build_deploy_model(config, workdir, device)
+    out_dir = os.path.join(workdir, config.export.dir)
+    os.makedirs(out_dir, exist_ok=True)
+    categories = sidecar.categories_of(built, config)
+    ops_lib = ship_operators(out_dir)
+    eager = Predictor(deploy, max_batch=int(config.export.max_batch))
+    batches = parity_set(config)
+    t0 = time.perf_counter()
+    ep = program.export_program(deploy, config.input)
+    results = {"export_seconds": round(time.perf_counter() - t0, 1), "artifacts": {}}
+    for fmt in formats:
+        t = time.perf_counter()
+        tmp = write_artifact(fmt, ep, out_dir, device)
+        res = check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib)
+        res["seconds"] = round(time.perf_counter() - t, 1)
+        results["artifacts"][fmt] = res
+    failed = [f for f, r in results["artifacts"].items() if not r["passed"]]
+    if failed:
+        raise RuntimeError(f"export: {', '.join(failed)} failed parity against eager (figures "
+                           f"and tolerances in the .rejected sidecars under {out_dir})")
+    return results

@@ -1,0 +1,103 @@
+"""Fast checks of the export pieces that need no exporter: the aten decompositions used for
+ONNX against our kernels, the size grouping of the predictor, the parity figures, size limits."""
+
+import pytest
+import torch
+
+import ops
+from configs import shapes
+from mrcnn.export import onnx_ops, parity, program
+from mrcnn.export.predictor import Predictor, group_by_size
+
+
+def _boxes(n, size=200.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand((n, 2), generator=g) * size
+    wh = torch.rand((n, 2), generator=g) * size / 3 + 1
+    return torch.cat([xy, xy + wh], 1)
+
+
+def test_paste_masks_decomposition_matches_the_kernel():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand((12, 28, 28), generator=g)
+    boxes = torch.cat([_boxes(10, 90.0), torch.tensor([[-20.0, -5, 30, 40], [80, 70, 130, 99]])])
+    want = ops.paste_masks(masks, boxes, 100, 120, 0.5, 1)
+    got = onnx_ops.paste_masks(masks, boxes, 100, 120, 0.5, 1)
+    assert got.shape == want.shape and got.dtype == torch.bool
+    # Same taps and sums in the same order as the kernel: at most a pixel where a probability
+    # rounds across the threshold.
+    assert (got != want).sum() <= 2
+    assert want.any()
+
+
+def test_batched_nms_decomposition_keeps_the_same_boxes():
+    boxes = _boxes(300)
+    scores = torch.rand(300, generator=torch.Generator().manual_seed(2))
+    idxs = torch.randint(0, 7, (300,), generator=torch.Generator().manual_seed(3))
+    want = ops.batched_nms(boxes, scores, idxs, 0.5)
+    got = onnx_ops.batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(got, want)
+
+
+def test_multilevel_and_rpn_decompositions_equal_the_kernels():
+    g = torch.Generator().manual_seed(4)
+    feats = [torch.rand((2, 8, 64 // 2 ** k, 96 // 2 ** k), generator=g) for k in range(4)]
+    rois = torch.cat([torch.randint(0, 2, (40, 1)).float(), _boxes(40, 250.0)], 1)
+    scales = [0.25, 0.125, 0.0625, 0.03125]
+    want = ops.multilevel_roi_align(feats, rois, 7, scales, 2, False)
+    got = onnx_ops.multilevel_roi_align(feats, rois, scales, 7, 7, 2, False, 4, 224.0, 2)
+    assert torch.equal(got, want)
+
+    obj = torch.randn((2, 500), generator=g)
+    deltas = torch.randn((2, 500, 4), generator=g) * 0.1
+    anchors = _boxes(500, 250.0)
+    hw = torch.tensor([[240.0, 250.0], [200.0, 250.0]])
+    want = ops.rpn_decode_topk(obj, deltas, anchors, [400, 100], 150, hw, min_size=1.0)
+    got = onnx_ops.rpn_decode_topk(obj, deltas, anchors, [400, 100], 150, hw, [1.0] * 4,
+                                   4.135166556742356, 1.0, 0.0)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_predictor_groups_by_size_and_keeps_the_order():
+    images = [torch.zeros((3, h, w), dtype=torch.uint8) for h, w in
+              [(10, 20), (20, 10), (10, 20), (10, 20), (10, 20)]]
+    assert group_by_size(images, 2) == [[0, 2], [3, 4], [1]]
+    calls = []
+
+    def run(x):  # one detection per image whose score is the image's height
+        calls.append(tuple(x.shape))
+        b, h, w = x.shape[0], x.shape[2], x.shape[3]
+        return (torch.zeros((b, 4)), torch.full((b,), float(h)), torch.ones(b, dtype=torch.long),
+                torch.arange(b), torch.zeros((b, h, w), dtype=torch.uint8))
+
+    out = Predictor(run, max_batch=2)(images)
+    assert calls == [(2, 3, 10, 20), (2, 3, 10, 20), (1, 3, 20, 10)]
+    assert [float(d["scores"][0]) for d in out] == [10, 20, 10, 10, 10]
+    assert out[1]["masks"].shape == (1, 20, 10)
+    with pytest.raises(ValueError, match="uint8"):
+        Predictor(run)([torch.zeros((3, 5, 5))])
+
+
+def test_parity_figures_and_tolerances():
+    det = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.9]),
+           "labels": torch.tensor([1]), "masks": torch.ones((1, 4, 4), dtype=torch.uint8)}
+    moved = dict(det, boxes=det["boxes"] + 2e-3)
+    fig = parity.compare([det], [moved])
+    assert fig["labels_identical"] and fig["max_box_px"] == pytest.approx(2e-3, rel=1e-3)
+    assert not parity.passes(fig, parity.TORCH_TOLERANCES)
+    assert parity.passes(parity.compare([det], [det]), parity.TORCH_TOLERANCES)
+    other = dict(det, labels=torch.tensor([2]))
+    assert not parity.compare([det], [other])["labels_identical"]
+
+
+def test_size_limits_are_one_clear_error():
+    cfg = shapes.get_config("tiny")  # 64 px test size: every canvas is below the minimum
+    with pytest.raises(ValueError, match="canvas"):
+        program.check_size(64, 64, cfg.input)
+    with pytest.raises(ValueError, match="min_size_test"):
+        program.example_input(cfg.input)
+    cfg.input.min_size_test, cfg.input.max_size_test = 160, 256
+    program.check_size(64, 64, cfg.input)  # resized to 160 x 160
+    x = program.example_input(cfg.input)
+    assert x.dtype == torch.uint8 and x.shape[0] == 2 and x.shape[2] != x.shape[3]
