@@ -40,6 +40,12 @@ def main(argv: list[str]) -> None:
         # Bad input (config value, dataset, weights file): one clear line, no traceback.
         logging.getLogger("mrcnn").error("%s: %s", type(e).__name__, e)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C outside training (which saves and exits 0): what was written is complete
+        # (every file is written atomically); say so in one line, with the shell's code.
+        logging.getLogger("mrcnn").error("interrupted (--mode=%s); files already written in %s "
+                                         "are complete", _MODE.value, workdir)
+        sys.exit(130)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

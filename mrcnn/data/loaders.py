@@ -25,6 +25,18 @@ from mrcnn.structures import Batch
 log = logging.getLogger(__name__)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGINT / SIGUSR1 to the main process. Launchers
+    (`timeout`, SLURM, `docker stop`, Kubernetes, Ctrl-C) signal the whole process group; a worker
+    killed by it would make the main process fail with "DataLoader worker ... killed by signal"
+    instead of saving a checkpoint at the current step. Workers still end with the main process
+    (the DataLoader shuts them down, and they watch for their parent's death)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 # Bad-input errors raised while loading a sample. In a worker process they travel to the main
 # process as values and are raised there as themselves: the DataLoader's own re-raise rebuilds
 # an error from its traceback text (a multi-line message, or a RuntimeError when the class
@@ -158,6 +170,7 @@ def build_train_loader(
         # Its own generator: creating the iterator must not draw from the global RNG, or a
         # resumed run (which restores that RNG) would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(int(config.seed) + rank),
+        worker_init_fn=ignore_stop_signals,
     )
     per_rank = s.ims_per_batch // (world_size * s.accumulate_steps)
     log.info(
@@ -237,5 +250,6 @@ def build_test_loader(
         # Creating an iterator draws a worker seed; from its own generator, an evaluation in
         # the middle of training leaves the global RNG (saved in checkpoints) untouched.
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_stop_signals,
     )
     return TestLoader(loader, dataset, shard), dataset

@@ -24,7 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mrcnn import dist
-from mrcnn.data import collate_images, load_image, preprocess
+from mrcnn.data import collate_images, load_preprocessed
+from mrcnn.data.loaders import ignore_stop_signals
 from mrcnn.build import build
 from mrcnn.coco import detection_records
 from mrcnn.engine.evaluate import label_names
@@ -134,11 +135,10 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, i: int):
         path, image_id = self.paths[i], self.first_id + i
-        try:
-            image = load_image(path)
+        try:  # decode and resize: an image that fails either is named and skipped
+            image, x, _ = load_preprocessed(path, self.input_cfg)
         except Exception as e:  # ImageError, or anything else a decoder raises: report, go on
             return image_id, path, None, f"{type(e).__name__}: {e}"
-        x, _ = preprocess(image, self.input_cfg, train=False)
         return image_id, path, image, x
 
 
@@ -217,6 +217,7 @@ def predict(
         num_workers=config.data.num_workers,
         collate_fn=functools.partial(_collate, size_divisibility=config.input.size_divisibility),
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
     )
     originals: dict[int, torch.Tensor] = {}
     skipped: list[tuple[str, str]] = []

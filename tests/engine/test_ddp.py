@@ -88,13 +88,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """The tiny shapes dataset, generated once here rather than raced for by the ranks."""
-    from mrcnn.data import shapes as shapes_data
+    from mrcnn.data import ensure_shapes_dataset
 
     root = str(tmp_path_factory.mktemp("ddp_data"))
     old = os.environ.get("MRCNN_DATA")
     os.environ["MRCNN_DATA"] = root  # what the runs get (it wins over config.data.root)
     try:
-        shapes_data.ensure_shapes_dataset(_config(TINY))
+        ensure_shapes_dataset(_config(TINY))
     finally:
         if old is None:
             del os.environ["MRCNN_DATA"]
