@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import logging
+import pickle
 
 import ml_collections
 import torch
 
 from mrcnn.data import CategoryTable, category_table
+from mrcnn.weights import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,13 @@ def stored_table(path: str) -> CategoryTable | None:
     """The table saved in one of our checkpoints, None when it has none. The file is memory
     mapped, so reading one small entry does not read the weights a second time."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a legacy (non-zip) file cannot be mapped: read it whole
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) file cannot be mapped: read it whole
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # Missing or truncated, not a torch file, or pickled code that weights_only refuses.
+        raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
     raw = state.get(CHECKPOINT_KEY) if isinstance(state, dict) else None
     return None if raw is None else CategoryTable.from_dict(raw, where=f"{path}: categories")
 

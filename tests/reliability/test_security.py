@@ -27,8 +27,13 @@ from mrcnn.engine import checkpoint
 from mrcnn.data import annotations as A
 
 SKIP_DIRS = {".venv", "build", ".git", "__pycache__", "runs", "datasets", "node_modules"}
-# The only place that may unpickle: its own buffer of records it pickled itself.
-PICKLE_ALLOWED = {os.path.join("mrcnn", "data", "serialize.py")}
+# The only places that may unpickle: the data buffer of records it pickled itself, and tests
+# that check our error classes survive the round trip a DataLoader worker's error takes.
+PICKLE_ALLOWED = {
+    os.path.join("mrcnn", "data", "serialize.py"),
+    os.path.join("tests", "data", "test_categories.py"),
+    os.path.join("tests", "data", "test_worker_errors.py"),
+}
 
 
 def _python_files() -> list[str]:
@@ -111,7 +116,7 @@ def test_the_scanner_finds_what_it_looks_for(tmp_path):
 
 def test_no_torch_load_without_weights_only_and_no_unpickling_or_eval():
     files = _python_files()
-    assert any(f.endswith(os.path.join("mrcnn", "checkpoint.py")) for f in files)
+    assert any(f.endswith(os.path.join("mrcnn", "engine", "checkpoint.py")) for f in files)
     found = [x for f in files for x in _unsafe_calls(f)]
     assert not found, "\n".join(found)
 
