@@ -1034,12 +1034,28 @@ def cases() -> list[CliCase]:
                 simple(lambda ctx, f: train_args(ctx, os.path.join(f, "w"),
                        f"--config.data.train.ann_file={ctx.hand.img_dir}"), 90),
                 ("images",), fast=True),
+        CliCase("init.weights names a file that does not exist", "config", "error",
+                simple(lambda ctx, f: train_args(ctx, os.path.join(f, "w"),
+                       f"--config.init.weights={os.path.join(f, 'no_such_model.pth')}"), 90),
+                ("no_such_model.pth",), fast=True),
+        CliCase("train with a val json that does not exist (fails before training?)", "config",
+                "error", simple(lambda ctx, f: train_args(
+                    ctx, os.path.join(f, "w"), "--config.eval.final=True",
+                    f"--config.data.val.ann_file={os.path.join(f, 'no_such_val.json')}"), 120),
+                ("no_such_val.json",), check=_before_training),
         CliCase("eval with no checkpoint and no init.weights", "config", "error",
                 simple(lambda ctx, f: [f"--config={TINY}", "--mode=eval",
                        f"--workdir={os.path.join(f, 'w')}", *data_args(ctx.hand, ctx.hand)], 90),
                 ("init.weights",), fast=True),
     ]
     return c
+
+
+def _before_training(ctx, folder, res):
+    """A val set that cannot be read is reported before the training, not after it."""
+    if re.search(r"iter: \d+ ", res.out):
+        return ("wrong-error", "reported only after training: " + _short(error_line(res.out), 90))
+    return None
 
 
 def _edited(folder: str, edit: Callable[[Dataset], Any]) -> Dataset:

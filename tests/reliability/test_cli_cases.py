@@ -11,6 +11,12 @@ import pytest
 from tests.reliability import cli_cases
 
 FAST = [c for c in cli_cases.cases() if c.fast]
+# Cases that fail on main today, with what is seen (issue 12); a fix makes them XPASS: then
+# delete the entry so the case holds from there on.
+KNOWN_FAILING = {
+    "a typo in the config argument (shapes.py:tinyy)":
+        "exit 1 and ml_collections' traceback of the ValueError from configs/common.py",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,15 @@ def test_the_fast_subset_is_small_and_covers_configs_workdirs_and_json():
     assert all(not c.needs_model for c in FAST)  # nothing here trains
 
 
-@pytest.mark.parametrize("case", FAST, ids=[cli_cases._slug(c.name) for c in FAST])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_FAILING[c.name], strict=False))
+        if c.name in KNOWN_FAILING else c
+        for c in FAST
+    ],
+    ids=[cli_cases._slug(c.name) for c in FAST],
+)
 def test_main_py_case(case, outcomes):
     o = outcomes[case.name]
     if o.cls == "skipped":
