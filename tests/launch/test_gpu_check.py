@@ -81,9 +81,13 @@ def test_headline_runs_come_first_with_the_fast_paths():
             "train", "bfloat16", "infer", "bfloat16")
         assert train["cuda_graphs"] and train["channels_last"] and infer["cuda_graphs"]
         assert len({r["name"] for r in runs}) == len(runs)
-    gpu = gpu_check.plan(False)
+    gpu, cpu = gpu_check.plan(False), gpu_check.plan(True)
     assert (gpu[0]["batch"], gpu[1]["batch"]) == (16, 8)
     assert sum(r["cap_s"] for r in gpu if r["set"] == "headline") <= 330  # the shell's cap
+    assert [c["cap_s"] for c in cpu] == [g["cap_s"] * gpu_check.CPU_SLOWDOWN for g in gpu]
+    shell = open(SCRIPT).read()
+    assert "step headline 330 " in shell
+    assert f"cap=$((cap * {gpu_check.CPU_SLOWDOWN}))" in shell
 
 
 @pytest.mark.parametrize("cpu", [False, True])
@@ -104,6 +108,7 @@ def test_every_override_names_an_existing_key_with_a_value_of_its_type(cpu):
         d = dict(a[len("--config."):].split("=", 1) for a in argv[3:])
         assert d["device"] == ("cpu" if cpu else "cuda")
         assert d["perf.cuda_graphs"] == str(run["cuda_graphs"] and not cpu)
+        assert d.get("perf.onednn") == (None if cpu else "False")
         if not cpu and run["set"] == "headline":
             assert d["bench.image_size"] == "(800, 1333)" and d["perf.pad_to"] == "(800, 1344)"
 
