@@ -144,8 +144,9 @@ export PY MODE
 note "mode=$MODE budget=${BUDGET}s out=$OUTDIR python=$PY"
 if [ "$MODE" = gpu ]; then
   step env 30 "$ENVLOG" env_probe || stop "no usable GPU (nvidia-smi or torch.cuda; see 01-env.log)"
+  # Set before the deps step: its import check must see what it installs there.
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   step deps 60 "$ENVLOG" deps || stop "a Python package is missing (see 01-env.log; carry it with --fetch-wheels)"
-  [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
   step ninja 30 "$ENVLOG" find_ninja || stop "no ninja: the build would be serial and not fit"
   export PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):/tmp/ninja/bin:$PATH"
 fi
