@@ -4,7 +4,7 @@
 # (default 510 s = 8.5 min, the build included); it stops at the first failure that makes the
 # rest meaningless (no GPU, a missing package, the build, ops without CUDA kernels) and says so.
 #   1. env:       nvidia-smi, the machine's python/torch (no network there), CUDA usable
-#   2. deps:      the carried wheels (.whl/, see --fetch-wheels) into /tmp/site; imports checked
+#   2. deps:      the carried wheels (.whl/, see --fetch-wheels) into $GPU_CHECK_SITE (/tmp/site)
 #   3. build:     ops with CUDA for sm_90 against the machine's own torch (2.11), ninja, all cores
 #   4. ops:       ops.info()['cuda'] true, one CUDA kernel call
 #   5. headline:  training bf16 batch 16 and inference bf16 batch 8, 800x1333, fast paths
@@ -58,6 +58,7 @@ else
   PY="${GPU_CHECK_PYTHON:-python3}"
 fi
 export PYTHONUNBUFFERED=1
+SITE="${GPU_CHECK_SITE:-/tmp/site}"  # where the carried wheels are installed
 SECONDS=0
 
 note() { echo "[gpu_check +${SECONDS}s] $*" | tee -a "$SUMMARY"; }
@@ -93,12 +94,19 @@ sys.exit(0 if ok else 1)"
 deps() {
   if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl || return 1
+      --target "$SITE" .whl/*.whl || return 1
   fi
+  # The modules the check imports, and every carried wheel's distribution: both must be seen.
   "$PY" -c "
-import importlib.util, sys
+import glob, importlib.metadata as md, importlib.util, os, sys
 missing = [m for m in ('ml_collections', 'absl', 'yaml', 'pycocotools', 'einops', 'numpy',
            'PIL', 'torchvision', 'pytest', 'hypothesis') if importlib.util.find_spec(m) is None]
+for w in glob.glob('.whl/*.whl'):
+    name = os.path.basename(w).split('-')[0]
+    try:
+        print(name, md.version(name), 'from', md.distribution(name).locate_file(''))
+    except md.PackageNotFoundError:
+        missing.append(name + ' (carried, not importable)')
 print('missing:', missing or 'none'); sys.exit(1 if missing else 0)"
 }
 find_ninja() {
@@ -139,13 +147,13 @@ from bench.gpu_check import summary_lines
 print('\n'.join(summary_lines(json.load(open('$OUTDIR/gpu_check.json')))))" | tee -a "$SUMMARY"
 }
 export -f env_probe deps find_ninja build ops_probe
-export PY MODE
+export PY MODE SITE
 
 note "mode=$MODE budget=${BUDGET}s out=$OUTDIR python=$PY"
 if [ "$MODE" = gpu ]; then
   step env 30 "$ENVLOG" env_probe || stop "no usable GPU (nvidia-smi or torch.cuda; see 01-env.log)"
   # Set before the deps step: its import check must see what it installs there.
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   step deps 60 "$ENVLOG" deps || stop "a Python package is missing (see 01-env.log; carry it with --fetch-wheels)"
   step ninja 30 "$ENVLOG" find_ninja || stop "no ninja: the build would be serial and not fit"
   export PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):/tmp/ninja/bin:$PATH"

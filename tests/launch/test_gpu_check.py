@@ -55,6 +55,58 @@ def test_stops_when_torch_sees_no_cuda_even_if_nvidia_smi_answers(tmp_path):
     assert not (out / "02-build.log").exists()
 
 
+def _wheel(path, name: str, version: str) -> None:
+    """A minimal pure-Python wheel holding one empty module."""
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": "",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+
+
+def test_device_flow_sees_the_carried_wheels_then_stops_at_a_failed_build(tmp_path):
+    """The GPU machine's steps with stand-ins (nvidia-smi, a python that says CUDA works):
+    the wheels are installed and importable, ninja is found, and a build that cannot work
+    (no nvcc) stops the check there."""
+    repo = tmp_path / "repo"
+    (repo / "launch").mkdir(parents=True)
+    (repo / ".whl" / "ninja").mkdir(parents=True)
+    for f in ("launch/gpu_check.sh", "setup.py"):
+        (repo / f).write_text(open(os.path.join(ROOT, f)).read())
+    _wheel(repo / ".whl" / "gcfake-0.1-py3-none-any.whl", "gcfake", "0.1")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, text in (
+            ("nvidia-smi", "#!/bin/sh\necho 'NVIDIA H200, 143771 MiB, 580.159.04, 9.0'\n"),
+            ("python", '#!/bin/bash\nif [ "$1" = -c ] && [[ "$2" == *"cuda available"* ]]; '
+                       'then echo "cuda available: True"; exit 0; fi\n'
+                       f'exec {sys.executable} "$@"\n')):
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    site = tmp_path / "site"
+    r = subprocess.run(["bash", str(repo / "launch" / "gpu_check.sh")], cwd=repo,
+                       env={"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path),
+                            "OUT": str(tmp_path / "out"), "CUDA_HOME": "/nonexistent",
+                            "GPU_CHECK_PYTHON": str(fake / "python"),
+                            "GPU_CHECK_SITE": str(site)},
+                       capture_output=True, text=True, timeout=300)
+    out = tmp_path / "out"
+    s = _summary(out)
+    assert r.returncode == 1, s
+    for ok in ("env: rc=0", "deps: rc=0", "ninja: rc=0", "STOP: the ops build failed"):
+        assert ok in s, s
+    assert "ops:" not in s and "headline" not in s
+    env_log = (out / "01-env.log").read_text()
+    assert f"gcfake 0.1 from {site}" in env_log and "missing: none" in env_log
+    assert "MRCNN_CUDA=1 but CUDA cannot be built" in (out / "02-build.log").read_text()
+
+
 def test_a_step_without_time_left_is_not_started(tmp_path):
     r, out = _sh(tmp_path, GPU_CHECK_BUDGET_S="12")
     assert r.returncode == 1
