@@ -9,7 +9,7 @@ with trained weights.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import statistics
@@ -19,8 +19,9 @@ import ml_collections
 import torch
 
 from mrcnn import dist
-from mrcnn.build import build
+from mrcnn.build import Built, build
 from mrcnn.data.collate import fixed_shape, pad_images_to
+from mrcnn.fileio import write_json_atomic
 from mrcnn.precision import autocast
 from mrcnn.structures import ImageBatch, InstanceMasks, Targets
 
@@ -124,126 +125,154 @@ def synthetic_inputs(config, batch_size, height, width, device, seed=0):
     return [r.to(device) for r in raw], images, targets, tv_targets
 
 
-def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device) -> dict:
-    from mrcnn.modeling.postprocess import detections_to_original
+@dataclasses.dataclass
+class _Setup:
+    """What every timed step shares: the models, one batch in both conventions, the device."""
+
+    config: ml_collections.ConfigDict
+    device: torch.device
+    built: Built
+    tv: torch.nn.Module | None
+    raw: list
+    images: ImageBatch
+    targets: list
+    tv_targets: list
+
+
+def _torchvision_reference(h: int, w: int, device: torch.device) -> torch.nn.Module:
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.mask_rcnn import MaskRCNN as TVMaskRCNN
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    # Built as for pretrained weights (FrozenBN, 3 trainable stages): the same work as ours.
+    body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    return TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, box_score_thresh=0.0,
+                      min_size=min(h, w), max_size=max(h, w)).to(device)
+
+
+def _setup(config: ml_collections.ConfigDict, device: torch.device) -> _Setup:
+    """Ours through `mrcnn.build.build` (the fast paths every mode uses), torchvision's on the same
+    weights when the architecture allows, and synthetic inputs for both."""
+    from mrcnn import weights
 
     b = config.bench
     h, w = b.image_size
     reference = b.reference and _is_torchvision_compatible(config)
     if b.reference and not reference:
         log.info("config %s has no torchvision counterpart: timing ours only", config.name)
+    if config.perf.cuda_graphs and device.type != "cuda":
+        raise RuntimeError(f"config.perf.cuda_graphs=True: bench runs on {device}, "
+                           "CUDA graphs need a CUDA device")
     cfg = config.copy_and_resolve_references()
     cfg.unlock()
     cfg.model.roi_heads.score_thresh = 0.0
     if reference:
         cfg.model.num_classes = 91
-    if config.perf.cuda_graphs and device.type != "cuda":
-        raise RuntimeError(f"config.perf.cuda_graphs=True: bench runs on {device}, "
-                           "CUDA graphs need a CUDA device")
     torch.manual_seed(config.seed)
-    built = build(cfg, device, "bench", load=False)  # the fast paths every mode uses
-    ours, graphs = built.model, built.graphs
+    built = build(cfg, device, "bench", load=False)
     tv = None
     if reference:
-        import torchvision
-
-        from mrcnn import weights
-
-        from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-        from torchvision.models.detection.mask_rcnn import MaskRCNN as TVMaskRCNN
-        from torchvision.ops.misc import FrozenBatchNorm2d
-
-        # Built as for pretrained weights (FrozenBN, 3 trainable stages): the same work as ours.
-        body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-        tv = TVMaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, box_score_thresh=0.0,
-                        min_size=min(h, w), max_size=max(h, w)).to(device)
-        ours.load_state_dict(weights.convert_torchvision_state_dict(tv.state_dict()))
+        tv = _torchvision_reference(h, w, device)
+        built.model.load_state_dict(weights.convert_torchvision_state_dict(tv.state_dict()))
     raw, images, targets, tv_targets = synthetic_inputs(cfg, b.batch_size, h, w, device)
     pad_to = tuple(config.perf.pad_to)
     if pad_to:  # the fixed shape of the images' orientation (a clear error if they exceed it)
         images = pad_images_to(images, fixed_shape(images.image_sizes, pad_to))
     if built.fast.channels_last:
         images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+    return _Setup(config, device, built, tv, raw, images, targets, tv_targets)
 
-    results: dict = {"config": config.name, "device": str(device), "batch_size": b.batch_size,
-                     "image_size": [h, w], "variant": built.fast.describe(),
-                     "padded_size": list(images.tensor.shape[-2:]), "torch": torch.__version__,
-                     "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-                     "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
-                     else f"CPU x{os.cpu_count()}", "runs": []}
+
+def _make_step(su: _Setup, name: str, mode: str, dtype: str):
+    """One timed call: an inference forward (with pasting, for ours) or a training step."""
+    from mrcnn.modeling.postprocess import detections_to_original
+
+    device, ours = su.device, name == "ours"
+    model = su.built.model if ours else su.tv
+    if mode == "infer":
+        model.eval()
+
+        def infer(m=model):
+            with torch.inference_mode(), autocast(device, dtype):
+                if not ours:
+                    return m(su.raw)
+                dets = m(su.images)
+            for d, size in zip(dets, su.images.image_sizes):
+                detections_to_original(d, size, size)
+        return infer
+    model.train()
+    graphs = su.built.graphs if ours else None
+    if graphs is not None:
+        graphs.capture_training(su.config.bench.batch_size, dtype, su.built.fast.channels_last,
+                                shapes=[tuple(su.images.tensor.shape[-2:])])
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                          momentum=0.9)
+    inputs = (su.images, su.targets) if ours else (su.raw, su.tv_targets)
+
+    def train_step(m=model):
+        with autocast(device, dtype, graphs is None):  # graphs: no autocast cache
+            losses = m(*inputs)
+        sum(v.float() for v in losses.values()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return train_step
+
+
+def _summary(t: list[float], batch_size: int) -> dict:
+    med = statistics.median(t)
+    return {"s_per_iter": med, "images_per_s": batch_size / med, "times": t}
+
+
+def _time_row(su: _Setup, mode: str, dtype: str) -> dict:
+    b, device = su.config.bench, su.device
+    names = ["ours"] + (["torchvision"] if su.tv is not None else [])
+    row: dict = {"mode": mode, "dtype": dtype}
+    if device.type == "cpu" and len(names) == 2:
+        # Interleaved, alternating which goes first: drift of a shared CPU (other tenants,
+        # clocks) hits both sides alike, so the ratio stays meaningful.
+        times = _time_interleaved({n: _make_step(su, n, mode, dtype) for n in names},
+                                  b.iters, b.warmup)
+        for name, t in times.items():
+            row[name] = _summary(t, b.batch_size)
+        row["pair_ratio_median"] = statistics.median(
+            o / r for o, r in zip(times["ours"], times["torchvision"]))
+    else:
+        for name in names:
+            step = _make_step(su, name, mode, dtype)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            row[name] = _summary(_time(step, b.iters, b.warmup, device), b.batch_size)
+            if device.type == "cuda":
+                row[name]["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                row[name]["host_syncs_per_iter"] = count_syncs(step)
+    if "torchvision" in row:
+        row["time_ratio"] = row["ours"]["s_per_iter"] / row["torchvision"]["s_per_iter"]
+    log.info("%s %s: ours %.3f s/iter (%.2f img/s)%s", mode, dtype, row["ours"]["s_per_iter"],
+             row["ours"]["images_per_s"],
+             f"; torchvision {row['torchvision']['s_per_iter']:.3f} s/iter; ratio "
+             f"{row['time_ratio']:.3f}" if "torchvision" in row else "")
+    return row
+
+
+def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device) -> dict:
+    """Times training and inference of ours (and torchvision's) for each `bench.dtypes`; writes
+    `bench.json` into the workdir and prints the table."""
+    b = config.bench
+    su = _setup(config, device)
+    results: dict = {
+        "config": config.name, "device": str(device), "batch_size": b.batch_size,
+        "image_size": list(b.image_size), "variant": su.built.fast.describe(),
+        "padded_size": list(su.images.tensor.shape[-2:]), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"CPU x{os.cpu_count()}", "runs": []}
     modes = ("train", "infer") if b.mode == "both" else (b.mode,)
-    models = [(n, m) for n, m in (("ours", ours), ("torchvision", tv)) if m is not None]
-
-    def make_step(name, model, mode, dtype):
-        if mode == "infer":
-            model.eval()
-            if name == "ours":
-                def step(m=model):
-                    with torch.inference_mode(), autocast(device, dtype):
-                        dets = m(images)
-                    for d, s in zip(dets, images.image_sizes):
-                        detections_to_original(d, s, s)
-            else:
-                def step(m=model):
-                    with torch.inference_mode(), autocast(device, dtype):
-                        m(raw)
-            return step
-        model.train()
-        if name == "ours" and graphs is not None:
-            graphs.capture_training(
-                b.batch_size, dtype, bool(config.perf.channels_last),
-                shapes=[tuple(images.tensor.shape[-2:])])
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-        inputs = (images, targets) if name == "ours" else (raw, tv_targets)
-        cache = not (name == "ours" and graphs is not None)  # graphs: no autocast cache
-
-        def step(m=model, opt=opt, inputs=inputs, cache=cache):
-            with autocast(device, dtype, cache):
-                losses = m(*inputs)
-            sum(v.float() for v in losses.values()).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
-
     for dtype in b.dtypes:
         for mode in modes:
-            row = {"mode": mode, "dtype": dtype}
-            if device.type == "cpu" and len(models) == 2:
-                # Interleaved, alternating which goes first: drift of a shared CPU (other
-                # tenants, clocks) hits both sides alike, so the ratio stays meaningful.
-                steps = {n: make_step(n, m, mode, dtype) for n, m in models}
-                times = _time_interleaved(steps, b.iters, b.warmup)
-                for name, t in times.items():
-                    med = statistics.median(t)
-                    row[name] = {"s_per_iter": med, "images_per_s": b.batch_size / med,
-                                 "times": t}
-                row["pair_ratio_median"] = statistics.median(
-                    o / r for o, r in zip(times["ours"], times["torchvision"]))
-            else:
-                for name, model in models:
-                    step = make_step(name, model, mode, dtype)
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    t = _time(step, b.iters, b.warmup, device)
-                    med = statistics.median(t)
-                    row[name] = {"s_per_iter": med, "images_per_s": b.batch_size / med,
-                                 "times": t}
-                    if device.type == "cuda":
-                        row[name]["peak_mem_mb"] = (
-                            torch.cuda.max_memory_allocated(device) / 2**20)
-                        row[name]["host_syncs_per_iter"] = count_syncs(step)
-            if "torchvision" in row:
-                row["time_ratio"] = row["ours"]["s_per_iter"] / row["torchvision"]["s_per_iter"]
-            results["runs"].append(row)
-            log.info("%s %s: ours %.3f s/iter (%.2f img/s)%s", mode, dtype,
-                     row["ours"]["s_per_iter"], row["ours"]["images_per_s"],
-                     f"; torchvision {row['torchvision']['s_per_iter']:.3f} s/iter; ratio "
-                     f"{row['time_ratio']:.3f}" if "torchvision" in row else "")
+            results["runs"].append(_time_row(su, mode, dtype))
     if dist.is_main():
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "bench.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json_atomic(os.path.join(workdir, "bench.json"), results, indent=2)
         print(format_table(results))
     return results
 
