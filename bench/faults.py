@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-cli", action="store_true", help="no outside-in main.py cases")
     p.add_argument("--cli-only", action="store_true", help="only the outside-in main.py cases")
     p.add_argument("--cases", default="", help="regex: only the outside-in cases it matches")
-    p.add_argument("--jobs", type=int, default=2, help="outside-in cases run at a time")
+    p.add_argument("--jobs", type=int, default=3, help="outside-in cases run at a time")
     p.add_argument("--json", default="", help="also write the outside-in outcomes here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
