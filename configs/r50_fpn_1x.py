@@ -232,6 +232,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.export.box_tol = 1e-3  # px, largest box coordinate difference against eager
     c.export.score_tol = 1e-4
     c.export.mask_iou_tol = 0.99  # smallest mask IoU against eager
+    c.export.onnx_min_mask_iou = 0.9  # ONNX: smallest mask IoU (its mean: mask_iou_tol)
     c.export.bench_batches = (1, 8)  # batch sizes timed by bench_artifacts
     c.export.bench_iters = 5  # timed rounds (each runs eager and every artifact once, interleaved)
 

@@ -14,6 +14,11 @@ from torch import Tensor
 
 # The issue's tolerances for the torch artifacts (.pt2, AOTInductor: the same kernels).
 TORCH_TOLERANCES = {"box_px": 1e-3, "score": 1e-4, "mask_iou": 0.99}
+# ONNX Runtime: the same on boxes and scores, and on the mean mask IoU; the smallest IoU of one
+# mask can be lower: pasting truncates the grown box to integers (torchvision's rule), so a
+# box coordinate 1e-5 px away from eager's, across an integer, moves a whole mask by a pixel,
+# which costs a small mask several % of IoU.
+ONNX_TOLERANCES = dict(TORCH_TOLERANCES, mask_iou=0.9, mean_mask_iou=0.99)
 
 
 def mask_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -27,7 +32,8 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
 def compare(want: Sequence[dict], got: Sequence[dict]) -> dict:
     """Parity figures of `got` against `want` (lists of per-image Predictor dicts)."""
     fig = {"images": len(want), "detections": 0, "labels_identical": len(want) == len(got),
-           "max_box_px": 0.0, "max_score": 0.0, "min_mask_iou": 1.0}
+           "max_box_px": 0.0, "max_score": 0.0, "min_mask_iou": 1.0, "mean_mask_iou": 1.0}
+    ious = []
     for w, g in zip(want, got):
         fig["detections"] += int(w["labels"].numel())
         if w["labels"].shape != g["labels"].shape or not torch.equal(w["labels"], g["labels"]):
@@ -39,14 +45,18 @@ def compare(want: Sequence[dict], got: Sequence[dict]) -> dict:
                                 float((w["boxes"] - g["boxes"]).abs().max()))
         fig["max_score"] = max(fig["max_score"],
                                float((w["scores"] - g["scores"]).abs().max()))
-        fig["min_mask_iou"] = min(fig["min_mask_iou"],
-                                  float(mask_iou(w["masks"], g["masks"]).min()))
+        ious.append(mask_iou(w["masks"], g["masks"]))
+    if ious:
+        iou = torch.cat(ious)
+        fig["min_mask_iou"], fig["mean_mask_iou"] = float(iou.min()), float(iou.mean())
     return fig
 
 
 def passes(fig: dict, tol: dict) -> bool:
+    """tol: box_px, score, mask_iou (the smallest IoU), optionally mean_mask_iou."""
     return bool(fig["labels_identical"] and fig["max_box_px"] <= tol["box_px"]
-                and fig["max_score"] <= tol["score"] and fig["min_mask_iou"] >= tol["mask_iou"])
+                and fig["max_score"] <= tol["score"] and fig["min_mask_iou"] >= tol["mask_iou"]
+                and fig["mean_mask_iou"] >= tol.get("mean_mask_iou", 0.0))
 
 
 def parity_batches(input_cfg, seed: int = 0) -> list[list[Tensor]]:
