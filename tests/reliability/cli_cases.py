@@ -364,7 +364,10 @@ class CliCase:
         if self.expect == "runs":
             return "runs" + (f", output names {', '.join(self.needles)}" if self.needles else "")
         rc = "/".join(map(str, self.rcs))
-        return f"exit {rc}, one line naming {', '.join(self.needles)}"
+        if not self.needles:
+            return f"exit {rc}, one line, no traceback"
+        named = ", ".join(n.replace("|", " or ") for n in self.needles)
+        return f"exit {rc}, one line naming {named}"
 
 
 @dataclasses.dataclass
@@ -699,6 +702,20 @@ def sigterm_group(ctx: Ctx, folder: str) -> Result:
     return res
 
 
+def ctrl_c_in_eval(ctx: Ctx, folder: str) -> Result:
+    """Ctrl-C in a terminal: SIGINT to the foreground process group, during inference of a
+    40-image val set. It must stop promptly without a traceback."""
+    val = hand_dataset(os.path.join(folder, "val"), n=40)
+    args = _model_args(ctx, "eval", os.path.join(folder, "w"), val=val)
+    ctx.record(folder, args + ["# then: os.killpg(pid, SIGINT) after 'inference: 2 images'"])
+    log_path = os.path.join(folder, "out.txt")
+    t0 = time.monotonic()
+    proc = start(args, log_path)
+    if wait_for(proc, log_path, r"inference: \d+ images", 120):
+        kill_group(proc, signal.SIGINT)
+    return finish(proc, log_path, t0, 60 + (time.monotonic() - t0))
+
+
 def two_trainings(ctx: Ctx, folder: str) -> Result:
     """A second training on the workdir of a running one: it must fail at once (exit 2, naming
     the holder's pid); the first must keep its checkpoint and its metrics lines single."""
@@ -997,6 +1014,8 @@ def cases() -> list[CliCase]:
         # signals, workdirs, resume
         CliCase("SIGTERM to the process group during training (1 loader worker)", "signals",
                 "runs", sigterm_group),
+        CliCase("Ctrl-C (SIGINT to the group) during eval", "signals", "error", ctrl_c_in_eval,
+                rcs=(1, 2, 130, -signal.SIGINT), needs_model=True),
         CliCase("two trainings on one workdir", "workdir", "error", two_trainings, ("pid",)),
         CliCase("disk full during the second checkpoint", "workdir", "error", full_disk,
                 ("No space left|disk is full|disk full",), needs_model=True),
