@@ -430,9 +430,10 @@ def decode_boxes(
     pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
     pred_w = torch.exp(dw) * widths[:, None]
     pred_h = torch.exp(dh) * heights[:, None]
-    # Half extents via the same tensor ops as torchvision so results match bit for bit.
-    c_to_c_h = torch.tensor(0.5, dtype=pred_ctr_y.dtype, device=pred_h.device) * pred_h
-    c_to_c_w = torch.tensor(0.5, dtype=pred_ctr_x.dtype, device=pred_w.device) * pred_w
+    # torchvision multiplies by torch.tensor(0.5); a Python 0.5 is the same multiplication
+    # (exact in binary floating point) without a host-to-device copy on a GPU.
+    c_to_c_h = 0.5 * pred_h
+    c_to_c_w = 0.5 * pred_w
     x1 = pred_ctr_x - c_to_c_w
     y1 = pred_ctr_y - c_to_c_h
     x2 = pred_ctr_x + c_to_c_w

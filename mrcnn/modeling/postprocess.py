@@ -65,7 +65,10 @@ def rank_in_image(batch_idx: Tensor, num_images: int) -> tuple[Tensor, Tensor]:
     """
     order = torch.sort(batch_idx, stable=True).indices
     img = batch_idx[order]
-    counts = torch.bincount(img, minlength=num_images)
+    # scatter_add, not bincount: bincount's output size depends on the largest value, a
+    # device-to-host read on a GPU.
+    counts = torch.zeros(num_images, dtype=torch.int64, device=img.device)
+    counts.scatter_add_(0, img, torch.ones_like(img))
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(img.shape[0], device=img.device) - starts[img]
     return order, rank
