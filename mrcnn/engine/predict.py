@@ -16,6 +16,7 @@ import functools
 import glob
 import logging
 import os
+import time
 from typing import Any
 
 import ml_collections
@@ -174,44 +175,68 @@ def _save_png(image: torch.Tensor, path: str) -> None:
         image.permute(1, 2, 0).contiguous().numpy()).save(f, format="PNG"))
 
 
-def predict(
-    config: ml_collections.ConfigDict, workdir: str, device: torch.device
-) -> dict[str, Any]:
-    """Runs the model (`init.weights`, else the workdir's last checkpoint) on `predict.input`.
-
-    Each rank takes a contiguous share of the files; rank 0 writes predictions.json. Returns (on
-    every rank) a summary: {"images": done, "detections": written, "skipped": [unreadable files],
-    "num_skipped", "ignored": [non-image names], "refused": [outside the root], "predictions":
-    path of predictions.json}.
+class _Detector:
+    """What predict runs: the model of `mrcnn.build.build` through the inference loop, or an
+    exported artifact (`predict.artifact`) on the decoded originals, without building a model.
+    Either way: per image (info, Detections in original pixels), labels mapped through the
+    categories that travel with the weights (the checkpoint's table, or the artifact's sidecar).
     """
+
+    def __init__(self, config: ml_collections.ConfigDict, device: torch.device, workdir: str):
+        self.config, self.device = config, device
+        self.stats = InferenceStats()
+        self.artifact = None
+        if config.predict.artifact:
+            from mrcnn import export
+
+            if not os.path.isfile(config.predict.artifact):
+                raise FileNotFoundError(
+                    f"config.predict.artifact={config.predict.artifact!r} does not exist")
+            self.artifact = export.load_artifact(config.predict.artifact)
+            table = {int(c["label"]): (int(c["id"]), str(c["name"]))
+                     for c in self.artifact.categories}
+            self.to_cat = lambda label: table[int(label)][0]
+            self.names = {label: name for label, (_, name) in table.items()}
+            log.info("predict: running the artifact %s", config.predict.artifact)
+            return
+        self.built = build(config, device, "predict", workdir)
+        categories = self.built.categories  # from the checkpoint: no training json needed
+        self.to_cat = categories.label_to_category_id
+        self.names = label_names(categories, config.model.num_classes)
+
+    def __call__(self, batches, originals: dict[int, torch.Tensor]):
+        if self.artifact is None:
+            yield from run_inference(self.built.model, batches, self.device, self.built.fast,
+                                     stats=self.stats)
+            return
+        t0 = time.perf_counter()
+        for batch in batches:
+            outs = self.artifact([originals[i.image_id] for i in batch.infos])
+            for info, o in zip(batch.infos, outs):
+                yield info, Detections(o["boxes"], o["scores"], o["labels"], o["masks"])
+            self.stats.images += len(batch.infos)
+            self.stats.timed_images = self.stats.images
+            self.stats.seconds = time.perf_counter() - t0
+
+
+def _share(config: ml_collections.ConfigDict) -> tuple[InputFiles, int, int]:
+    """The inputs, and this rank's contiguous share of them [lo, hi)."""
     rank, world_size = dist.rank(), dist.world_size()
     inputs = list_inputs(config.predict.input)
     if inputs.ignored:
-        log.info(
-            "predict: ignoring %d files without an image extension: %s",
-            len(inputs.ignored),
-            ", ".join(inputs.ignored[:20]),
-        )
+        log.info("predict: ignoring %d files without an image extension: %s",
+                 len(inputs.ignored), ", ".join(inputs.ignored[:20]))
     n = len(inputs.paths)
     lo, hi = rank * n // world_size, (rank + 1) * n // world_size
-    built = build(config, device, "predict", workdir)
-    table = built.categories  # from the checkpoint: no training json needed
-    to_cat = table.label_to_category_id
-    names = label_names(table, config.model.num_classes)
-    png_names = output_names(inputs.paths)
-    png_dir = os.path.join(workdir, "predictions")
-    if config.predict.draw:
-        os.makedirs(png_dir, exist_ok=True)
-    log.info(
-        "predict: %d images from %s (%d on this rank), score >= %.2f",
-        n,
-        config.predict.input,
-        hi - lo,
-        config.predict.score_thresh,
-    )
+    log.info("predict: %d images from %s (%d on this rank), score >= %.2f", n,
+             config.predict.input, hi - lo, config.predict.score_thresh)
+    return inputs, lo, hi
 
-    loader = DataLoader(
-        _ImageFiles(inputs.paths[lo:hi], lo, config.input),
+
+def _loader(config: ml_collections.ConfigDict, paths: list[str], first_id: int,
+            device: torch.device) -> DataLoader:
+    return DataLoader(
+        _ImageFiles(paths, first_id, config.input),
         batch_size=max(1, config.test.ims_per_batch // dist.world_size()),  # global batch
         shuffle=False,
         num_workers=config.data.num_workers,
@@ -219,6 +244,42 @@ def predict(
         pin_memory=device.type == "cuda",
         worker_init_fn=ignore_stop_signals,
     )
+
+
+def _write_results(workdir: str, config, gathered, png_dir: str, stats) -> tuple[list, list, str]:
+    """Rank 0 writes predictions.json; every rank gets (records, skipped, path)."""
+    records = sorted((r for g in gathered for r in g[0]),
+                     key=lambda r: (r["image_id"], -r["score"]))
+    skipped = [s for g in gathered for s in g[1]]
+    out_path = os.path.join(workdir, "predictions.json")
+    if dist.rank() == 0:
+        write_json_atomic(out_path, records)
+        log.info("predict: %d images, %d detections -> %s%s; %.2f images/s; %d skipped%s",
+                 sum(g[2] for g in gathered), len(records), out_path,
+                 f" and {png_dir}/" if config.predict.draw else "", stats.images_per_s,
+                 len(skipped),
+                 (": " + ", ".join(p for p, _ in skipped[:20])) if skipped else "")
+    return records, skipped, out_path
+
+
+def predict(
+    config: ml_collections.ConfigDict, workdir: str, device: torch.device
+) -> dict[str, Any]:
+    """Runs the model (`predict.artifact`, else `init.weights`, else the workdir's last
+    checkpoint) on `predict.input`.
+
+    Each rank takes a contiguous share of the files; rank 0 writes predictions.json. Returns (on
+    every rank) a summary: {"images": done, "detections": written, "skipped": [unreadable files],
+    "num_skipped", "ignored": [non-image names], "refused": [outside the root], "predictions":
+    path of predictions.json}.
+    """
+    inputs, lo, hi = _share(config)
+    detect = _Detector(config, device, workdir)
+    png_names = output_names(inputs.paths)
+    png_dir = os.path.join(workdir, "predictions")
+    if config.predict.draw:
+        os.makedirs(png_dir, exist_ok=True)
+    loader = _loader(config, inputs.paths[lo:hi], lo, device)
     originals: dict[int, torch.Tensor] = {}
     skipped: list[tuple[str, str]] = []
 
@@ -232,47 +293,25 @@ def predict(
             if batch is not None:
                 yield batch
 
-    stats = InferenceStats()
     records: list[dict[str, Any]] = []
     done, log_every = 0, max(1, config.log_period) * config.test.ims_per_batch
-    for info, det in run_inference(
-        built.model,
-        batches(),
-        device,
-        built.fast,
-        stats=stats,
-    ):
-        records.extend(prediction_records(info, det, to_cat, config.predict.score_thresh))
+    thresh = config.predict.score_thresh
+    for info, det in detect(batches(), originals):
+        records.extend(prediction_records(info, det, detect.to_cat, thresh))
         original = originals.pop(info.image_id)
         if config.predict.draw:
-            drawn = draw_detections(original, det, names, config.predict.score_thresh)
+            drawn = draw_detections(original, det, detect.names, thresh)
             _save_png(drawn, os.path.join(png_dir, png_names[info.image_id]))
         done += 1
         if done % log_every == 0:
-            speed = f"{stats.images_per_s:.2f} images/s" if stats.seconds else "warming up"
+            speed = (f"{detect.stats.images_per_s:.2f} images/s" if detect.stats.seconds
+                     else "warming up")
             log.info("predict: %d/%d images, %s", done, hi - lo, speed)
-
     gathered = dist.all_gather_object((records, skipped, done))
-    all_records = sorted(
-        (r for g in gathered for r in g[0]), key=lambda r: (r["image_id"], -r["score"])
-    )
-    all_skipped = [s for g in gathered for s in g[1]]
-    total = sum(g[2] for g in gathered)
-    out_path = os.path.join(workdir, "predictions.json")
-    if rank == 0:
-        write_json_atomic(out_path, all_records)
-        log.info(
-            "predict: %d images, %d detections -> %s%s; %.2f images/s; %d skipped%s",
-            total,
-            len(all_records),
-            out_path,
-            f" and {png_dir}/" if config.predict.draw else "",
-            stats.images_per_s,
-            len(all_skipped),
-            (": " + ", ".join(p for p, _ in all_skipped[:20])) if all_skipped else "",
-        )
+    all_records, all_skipped, out_path = _write_results(workdir, config, gathered, png_dir,
+                                                        detect.stats)
     return {
-        "images": total,
+        "images": sum(g[2] for g in gathered),
         "detections": len(all_records),
         "skipped": [p for p, _ in all_skipped],
         "num_skipped": len(all_skipped),
