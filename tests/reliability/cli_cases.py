@@ -419,7 +419,10 @@ def classify(case: CliCase, ctx: Ctx, folder: str, res: Result) -> tuple[str, st
                 return extra[0]
             return "handled", f"exit {res.rc}: {line}"
         if res.rc == 0:
-            return "silently-wrong", "exit 0 (accepted)" + (f"; {extra[0][1]}" if extra else "")
+            warns = [ln for ln in res.out.splitlines() if " WARNING " in ln]
+            said = f"; last warning: {_short(LOG_PREFIX.sub('', warns[-1]), 110)}" if warns else (
+                "; no warning")
+            return "silently-wrong", "exit 0 (accepted)" + (f"; {extra[0][1]}" if extra else said)
         return "wrong-error", f"exit {res.rc}{' with a traceback' if tb else ''}: {line}"
     # runs
     if res.rc not in (0, None):
@@ -944,6 +947,17 @@ def _cats(cats):
     return edit
 
 
+def _flat_polygon(ds):
+    a = ds.js["annotations"][1]
+    a["segmentation"] = a["segmentation"][0]  # [x1, y1, x2, y2, ...]: a common hand edit
+    ds.write()
+
+
+def _wrong_img_dir(ds):
+    ds.img_dir = os.path.join(os.path.dirname(ds.ann_file), "wrong_images")
+    os.makedirs(ds.img_dir, exist_ok=True)
+
+
 def _trailing_comma(ds):
     text = json.dumps(ds.js, indent=2)
     text = text.replace('"iscrowd": 0,', '"iscrowd": 0,,', 1)
@@ -964,6 +978,10 @@ def cases() -> list[CliCase]:
                       roboflow_dataset, {1, 2}, num_classes=3),
         exporter_case("hand-edited json saved with a UTF-8 BOM", hand_dataset, TRAIN_IDS,
                       edit=lambda ds: ds.write(bom=True)),
+        CliCase("polygon written flat, not as a list of lists (hand edit)", "exporters", "error",
+                simple(lambda ctx, f: train_args(ctx, os.path.join(f, "w"), train=_edited(
+                    os.path.join(f, "data"), _flat_polygon)), 120),
+                ("instances.json", "annotation 502")),
         CliCase("hand-edited json with a trailing comma", "exporters", "error",
                 simple(lambda ctx, f: train_args(ctx, os.path.join(f, "w"), train=_edited(
                     os.path.join(f, "data"), _trailing_comma)), 90),
@@ -992,6 +1010,8 @@ def cases() -> list[CliCase]:
                   "error", ("val.json", "annotation 502")),
         eval_case("val set with images but no annotations",
                   lambda ds: ds.js.__setitem__("annotations", []), check=lambda *a: None),
+        eval_case("val img_dir points at the wrong (empty) folder", _wrong_img_dir, "error",
+                  ("wrong_images|000.png",)),
         eval_case("empty val set (no images)",
                   lambda ds: ds.js.update(images=[], annotations=[]), "error", ("val.json",)),
         # predict with the shared model
