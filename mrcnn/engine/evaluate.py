@@ -121,30 +121,8 @@ def evaluate(
     to_cat = table.label_to_category_id
     mask_on = bool(config.model.mask_on)
 
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module  # inference needs no gradient synchronization
-    was_training = model.training
-    model.eval()
-    stats = InferenceStats()
-    bbox, segm, seen, vis_items = [], [], [], []
-    try:
-        for info, det in run_inference(
-            model,
-            loader,
-            device,
-            fast_paths(config, device, "eval"),
-            log_period=config.log_period,
-            stats=stats,
-        ):
-            b, s = bbox_and_segm(detection_records(info, det, to_cat))
-            bbox.extend(b)
-            segm.extend(s)
-            seen.append(int(info.image_id))
-            if rank == 0 and len(vis_items) < num_vis:
-                vis_items.append((info, det))
-    finally:
-        model.train(was_training)
-
+    bbox, segm, seen, vis_items, stats = _run_shard(model, loader, config, device, to_cat,
+                                                     num_vis if rank == 0 else 0)
     expected_here = [int(i) for i in dataset.image_ids]
     gathered = dist.all_gather_object(
         (bbox, segm, seen, expected_here, stats.timed_images, stats.seconds)
@@ -168,6 +146,29 @@ def evaluate(
             config.predict.score_thresh
         )
     return metrics
+
+
+def _run_shard(model: nn.Module, loader, config, device, to_cat, num_vis: int):
+    """This rank's images through the inference loop: (bbox records, segm records, image ids
+    seen, the first `num_vis` (info, detections) for drawing, InferenceStats)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # inference needs no gradient synchronization
+    was_training = model.training
+    model.eval()
+    stats = InferenceStats()
+    bbox, segm, seen, vis_items = [], [], [], []
+    try:
+        for info, det in run_inference(model, loader, device, fast_paths(config, device, "eval"),
+                                       log_period=config.log_period, stats=stats):
+            b, s = bbox_and_segm(detection_records(info, det, to_cat))
+            bbox.extend(b)
+            segm.extend(s)
+            seen.append(int(info.image_id))
+            if len(vis_items) < num_vis:
+                vis_items.append((info, det))
+    finally:
+        model.train(was_training)
+    return bbox, segm, seen, vis_items, stats
 
 
 def _evaluate_gathered(gathered, dataset, config, mask_on: bool, output_dir: str | None) -> dict:
