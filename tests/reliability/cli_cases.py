@@ -878,14 +878,20 @@ def fifo_in_training(ctx: Ctx, folder: str) -> Result:
     return run_main(args, os.path.join(folder, "out.txt"), 120)
 
 
-def unreadable_fail_workers(ctx: Ctx, folder: str) -> Result:
-    ds = hand_dataset(os.path.join(folder, "data"))
-    open(os.path.join(ds.img_dir, ds.js["images"][1]["file_name"]), "wb").write(b"not a png")
-    args = train_args(ctx, os.path.join(folder, "w"), "--config.solver.max_iter=2",
-                      "--config.solver.ims_per_batch=4", "--config.data.on_bad_image=fail",
-                      "--config.data.num_workers=2", train=ds)
-    ctx.record(folder, args + ["# 001.png holds garbage"])
-    return run_main(args, os.path.join(folder, "out.txt"), 120)
+def unreadable_with_workers(on_bad_image: str) -> Callable[[Ctx, str], Result]:
+    """001.png holds garbage; two loader workers (the R-50 configs use 4)."""
+
+    def run(ctx: Ctx, folder: str) -> Result:
+        ds = hand_dataset(os.path.join(folder, "data"))
+        open(os.path.join(ds.img_dir, ds.js["images"][1]["file_name"]), "wb").write(b"not a png")
+        args = train_args(ctx, os.path.join(folder, "w"), "--config.solver.max_iter=2",
+                          "--config.solver.ims_per_batch=4",
+                          f"--config.data.on_bad_image={on_bad_image}",
+                          "--config.data.num_workers=2", train=ds)
+        ctx.record(folder, args + ["# 001.png holds garbage"])
+        return run_main(args, os.path.join(folder, "out.txt"), 120)
+
+    return run
 
 
 def exporter_case(name: str, writer: Callable[[str], Dataset], allowed: set[int],
@@ -991,7 +997,9 @@ def cases() -> list[CliCase]:
         CliCase("a FIFO among the training images (must not hang)", "images", "runs",
                 fifo_in_training, ("001.png",)),
         CliCase("unreadable image, on_bad_image=fail, num_workers=2", "images", "error",
-                unreadable_fail_workers, ("001.png", "image id 2")),
+                unreadable_with_workers("fail"), ("001.png", "image id 2")),
+        CliCase("unreadable image, on_bad_image=skip (default), num_workers=2", "images", "runs",
+                unreadable_with_workers("skip"), ("001.png",)),
         # val sets, evaluated with the shared model
         eval_case("val json with an extra category (listed first)",
                   _cats([(5, "bird"), *TRAIN_CATS])),
