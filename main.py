@@ -49,11 +49,23 @@ def main(argv: list[str]) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, plus: an override of a config key that does not exist is a flag
-    error (one message, exit 1), not a traceback. ml_collections raises AttributeError /
-    KeyError for it, which absl does not catch."""
+    """absl's flag parsing, plus one-line errors where absl would print a traceback:
+    - an override of a config key that does not exist (ml_collections raises AttributeError /
+      KeyError, which absl does not catch): exit 1, as absl's own flag errors;
+    - a config file that raises while building its config (e.g. `configs/shapes.py:tinyy`, an
+      unknown config argument): its last line, naming the --config value, exit 2."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        text = str(e)
+        if "Error whilst parsing config file" in text:
+            last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1]
+            value = next((a for a in argv if a.startswith("--config=")), "--config")
+            sys.stderr.write(f"FATAL {value}: {last}\n")
+            sys.exit(2)
+        sys.stderr.write(f"FATAL Flags parsing error: {text}\nPass --helpshort or --helpfull to "
+                         "see help on flags.\n")
+        sys.exit(1)
     except (AttributeError, KeyError) as e:
         while isinstance(e, (AttributeError, KeyError)) and e.args and isinstance(
                 e.args[0], BaseException):

@@ -110,3 +110,11 @@ def test_bad_value_exits_nonzero_naming_the_key(tmp_path):
     assert r.returncode != 0
     assert "solver.base_lr" in r.stderr + r.stdout and "Traceback" not in r.stderr + r.stdout
     assert os.listdir(tmp_path) == []  # rejected before any work: nothing written
+
+
+def test_a_typo_in_the_config_argument_is_one_line_exit_2(tmp_path):
+    r = _main("--config=configs/shapes.py:tinyy", "--mode=train", f"--workdir={tmp_path}")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in out, out
+    assert "--config=configs/shapes.py:tinyy: ValueError: unknown config argument 'tinyy'" in out
+    assert len(out.strip().splitlines()) == 1
