@@ -101,3 +101,19 @@ def test_size_limits_are_one_clear_error():
     program.check_size(64, 64, cfg.input)  # resized to 160 x 160
     x = program.example_input(cfg.input)
     assert x.dtype == torch.uint8 and x.shape[0] == 2 and x.shape[2] != x.shape[3]
+
+
+def test_interleaved_timing_reports_ratios_to_eager():
+    import time
+
+    from mrcnn.export.bench import table, time_interleaved
+
+    calls = []
+    runners = {"eager": lambda ims: (calls.append("eager"), time.sleep(0.02)),
+               "fast": lambda ims: (calls.append("fast"), time.sleep(0.005))}
+    res = time_interleaved(runners, [None, None], rounds=3, warmup=1)
+    assert calls == ["eager", "fast", "fast", "eager", "eager", "fast", "fast", "eager"]
+    assert res["eager"]["time_vs_eager"] == 1.0
+    assert res["fast"]["time_vs_eager"] < 0.6
+    assert res["fast"]["images_per_s"] > res["eager"]["images_per_s"]
+    assert "| 1 | fast |" in table({"batches": {"1": res}})
