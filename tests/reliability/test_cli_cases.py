@@ -13,10 +13,7 @@ from tests.reliability import cli_cases
 FAST = [c for c in cli_cases.cases() if c.fast]
 # Cases that fail on main today, with what is seen (issue 12); a fix makes them XPASS: then
 # delete the entry so the case holds from there on.
-KNOWN_FAILING = {
-    "a typo in the config argument (shapes.py:tinyy)":
-        "exit 1 and ml_collections' traceback of the ValueError from configs/common.py",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
