@@ -132,12 +132,15 @@ def _top_per_image(
     image, scattered into padded [B, top_n] slots."""
     order, rank = rank_in_image(batch_idx, num_images)  # by image, score order kept inside
     boxes, scores, batch_idx = boxes[order], scores[order], batch_idx[order]
-    sel = rank < top_n
-    out_boxes = boxes.new_zeros((num_images, top_n, 4))
-    out_scores = scores.new_zeros((num_images, top_n))
-    out_valid = torch.zeros((num_images, top_n), dtype=torch.bool, device=boxes.device)
-    bi, ri = batch_idx[sel], rank[sel]
-    out_boxes[bi, ri] = boxes[sel]
-    out_scores[bi, ri] = scores[sel]
-    out_valid[bi, ri] = True
-    return out_boxes, out_scores, out_valid
+    # Candidates past top_n all go to one spare slot that is cut off afterwards: a scatter
+    # over every candidate, with no boolean selection (a device-to-host read on a GPU). The
+    # real slots each receive exactly one candidate.
+    ri = rank.clamp(max=top_n)
+    out_boxes = boxes.new_zeros((num_images, top_n + 1, 4))
+    out_scores = scores.new_zeros((num_images, top_n + 1))
+    out_valid = torch.zeros((num_images, top_n + 1), dtype=torch.bool, device=boxes.device)
+    out_boxes[batch_idx, ri] = boxes
+    out_scores[batch_idx, ri] = scores
+    out_valid[batch_idx, ri] = True
+    return (out_boxes[:, :top_n].contiguous(), out_scores[:, :top_n].contiguous(),
+            out_valid[:, :top_n].contiguous())
