@@ -140,6 +140,13 @@ def test_config_check_perf_keys():
         _check(cuda_graphs=True, pad_to=(800, 1344), compile=True)
     with pytest.raises(config_check.ConfigError, match=r"perf\.pad_to.*H <= W"):
         _check(pad_to=(1344, 800))
+    # The graphed backward's static gradient buffers would be overwritten by the next
+    # micro-step: refused rather than silently wrong gradients.
+    c = r50_fpn_1x.get_config()
+    c.device, c.solver.accumulate_steps = "cpu", 2
+    c.perf.cuda_graphs, c.perf.pad_to = True, (800, 1344)
+    with pytest.raises(config_check.ConfigError, match=r"accumulate_steps=2 > 1"):
+        config_check.validate(c, mode="train")
     with pytest.raises(config_check.ConfigError, match=r"perf\.pad_to.*size_divisibility=32"):
         _check(pad_to=(800, 1340))
     with pytest.raises(config_check.ConfigError, match=r"perf\.pad_to.*800x1333"):
