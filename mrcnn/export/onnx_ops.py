@@ -153,6 +153,9 @@ def decomposition_table() -> dict:
 # ----------------------------------------------------------------------------- translations
 def translation_table() -> dict:
     """onnxscript functions for mrcnn::nms and mrcnn::roi_align (imported only when used)."""
+    import operator
+
+    import onnx_ir
     from onnxscript import opset18 as op
 
     # Plain functions: the exporter traces them with onnxscript's ops, so Python values of the
@@ -182,7 +185,28 @@ def translation_table() -> dict:
         _, idx = op.TopK(key, n, axis=0, largest=1 if descending else 0, sorted=1)
         return op.Gather(x, idx, axis=0), idx
 
+    # The resize's size is int(H * min(m / min(H, W), M / max(H, W))) evaluated in Python
+    # doubles by eager; the exporter's default float32 for these symbolic-float ops can round
+    # 230 * (256 / 230) down to 255 where eager gets 256: the size arithmetic stays in double.
+    double = onnx_ir.DataType.DOUBLE
+
+    def _is_float(x) -> bool:
+        return isinstance(x, float) or (getattr(x, "dtype", None) in (
+            onnx_ir.DataType.FLOAT, onnx_ir.DataType.DOUBLE))
+
+    def _sym_float(x):
+        return op.Cast(x, to=double)
+
+    def _truediv(a, b):
+        return op.Div(op.Cast(a, to=double), op.Cast(b, to=double))
+
+    def _mul(a, b):
+        if _is_float(a) or _is_float(b):
+            return op.Mul(op.Cast(a, to=double), op.Cast(b, to=double))
+        return op.Mul(a, b)
+
     m = torch.ops.mrcnn
     return {m.nms.default: _nms, m.roi_align.default: _roi_align,
-            torch.ops.aten.sort.stable: _stable_sort}
+            torch.ops.aten.sort.stable: _stable_sort, torch.sym_float: _sym_float,
+            operator.truediv: _truediv, operator.mul: _mul}
 

@@ -65,7 +65,9 @@ def parity_batches(input_cfg, seed: int = 0) -> list[list[Tensor]]:
     from mrcnn.export.program import check_size
 
     s = int(input_cfg.min_size_test)
-    sizes = [[(s, s)], [(s, int(s * 1.5)), (int(s * 1.3), s), (s, int(s * 1.5))],
+    # (1.4375 s, 0.875 s): at the shapes tiny test sizes (160 / 256) the long side is capped and
+    # int(230 * (256 / 230)) is where float32 size arithmetic would differ from eager's doubles.
+    sizes = [[(s, s)], [(s, int(s * 1.5)), (int(s * 1.4375), int(s * 0.875)), (s, int(s * 1.5))],
              [(int(s * 0.7), int(s * 0.9))]]
     for batch in sizes:
         for h, w in batch:
