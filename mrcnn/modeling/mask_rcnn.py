@@ -256,9 +256,17 @@ class MaskRCNN(nn.Module):
         losses.update(self._roi_losses(s, feats, image_sizes, targets))
         return losses
 
-    def _rows_coupled(self) -> bool:
-        """Whether a RoI head normalises over the batch of RoIs (BatchNorm while training):
-        then the unused slots of fixed-size sampling would enter its statistics."""
+    def _compact_rois(self, device: torch.device) -> bool:
+        """Whether the RoI heads run on the compacted samples instead of every fixed slot.
+
+        - A RoI head that normalises over the batch of RoIs (BatchNorm while training) must:
+          the unused slots would enter its statistics.
+        - On the CPU it is cheaper: reading the sample counts costs nothing there (it is a sync
+          only on an accelerator), while the fixed slots run the mask head on
+          batch_size_per_image * positive_fraction RoIs per image however few are positive.
+        Both paths give the same losses and gradients (tests/modeling/test_model.py)."""
+        if device.type == "cpu":
+            return True
         heads = (self.box_head, self.mask_head, self.box_predictor, self.mask_predictor)
         return any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
@@ -268,8 +276,9 @@ class MaskRCNN(nn.Module):
     def _roi_losses(self, s, feats, image_sizes, targets) -> dict[str, Tensor]:
         """Box and mask losses of the sampled RoIs `s` (fixed-size slots, targets.RoISamples).
         The heads run on every slot and the losses mask the unused ones, so no size depends on
-        the device's data; only with BatchNorm in a head are the samples compacted (a sync)."""
-        coupled = self._rows_coupled()
+        the device's data; with BatchNorm in a head, or on the CPU, the samples are compacted
+        (`_compact_rois`)."""
+        coupled = self._compact_rois(s.labels.device)
         if coupled:
             s = s.take(torch.nonzero(s.valid).squeeze(1), 0)
         cls_logits, box_deltas, res5 = self._box_forward(feats, s.boxes, s.batch_idx, image_sizes)

@@ -262,14 +262,14 @@ def test_ground_truth_without_masks_is_refused():
 def test_fixed_slots_give_the_losses_and_gradients_of_the_compacted_samples(monkeypatch):
     """The RoI heads over every sampling slot with the unused ones masked (the sync-free
     path) against the heads over the compacted samples (the path taken with BatchNorm in a
-    head): the same losses and gradients."""
+    head, and on the CPU): the same losses and gradients."""
     cfg = tiny_config(**{"roi_heads.batch_size_per_image": 512})  # more slots than samples
     images, targets = make_batch()
     results = []
     for coupled in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg).double().train()
-        monkeypatch.setattr(type(model), "_rows_coupled", lambda self, c=coupled: c)
+        monkeypatch.setattr(type(model), "_compact_rois", lambda self, device, c=coupled: c)
         model.sampling_generator = torch.Generator().manual_seed(4)
         images.tensor = images.tensor.double()
         losses = model(images, targets)
