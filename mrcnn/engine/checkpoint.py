@@ -168,3 +168,28 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], path
             f"(config.solver.optimizer or the parameter groups changed since it was written: "
             f"{type(e).__name__}: {e}); resume with the config it was trained with, or start a new "
             "--workdir with --config.init.weights pointing at it") from e
+
+
+TRAINING_KEYS = ("model", "optimizer", "iteration")
+
+
+def check_training_state(state: Any, path: str) -> None:
+    """A file a training can resume from: a dict with the model, optimizer and iteration. A bare
+    state dict (weights only) in the workdir is a CheckpointError saying what to do with it."""
+    missing = [k for k in TRAINING_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (no {', '.join(missing)}: a weights-only "
+            "file?): a run cannot resume from it; move it out of the workdir and pass it as "
+            "--config.init.weights=PATH to start a run from these weights")
+
+
+def disk_note(workdir: str) -> str:
+    """", whose disk is full (N bytes free)" when the workdir's filesystem is (nearly) full."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(workdir).free
+    except OSError:
+        return ""
+    return f", whose disk is full ({free} bytes free)" if free < 64 * 2**20 else ""

@@ -63,6 +63,10 @@ def label_names(table: CategoryTable, num_classes: int) -> dict[int, str]:
     return names
 
 
+class ValSetError(ValueError):
+    """A validation set that cannot give a meaningful AP (no images, none readable)."""
+
+
 def _check_coverage(
     seen: list[int], expected: set[int], on_bad_image: str
 ) -> tuple[str | None, str | None]:
@@ -75,6 +79,8 @@ def _check_coverage(
         return f"images evaluated more than once across ranks: {dups[:10]} ({len(dups)})", None
     if extra:
         return f"images evaluated that are not in the dataset: {extra[:10]} ({len(extra)})", None
+    if missing and len(missing) == len(expected):
+        return None, None  # nothing was evaluated: `_val_set_error` says why
     if missing:
         msg = f"{len(missing)} of {len(expected)} images were not evaluated: {missing[:10]}"
         if on_bad_image == "skip":  # the loader dropped unreadable images: count them as missed
@@ -136,6 +142,8 @@ def evaluate(
             dist.broadcast_object({"error": f"failed on rank 0: {type(e).__name__}: {e}"})
             raise
     result = dist.broadcast_object(result)
+    if "user_error" in result:
+        raise ValSetError(result["user_error"])
     if "error" in result:
         raise RuntimeError(f"evaluation: {result['error']}")
     metrics = result["metrics"]
@@ -171,12 +179,28 @@ def _run_shard(model: nn.Module, loader, config, device, to_cat, num_vis: int):
     return bbox, segm, seen, vis_items, stats
 
 
+def _val_set_error(dataset, seen: list[int], expected: set[int]) -> str | None:
+    """Why this val set gives no meaningful AP, or None: AP over no image, or over images none
+    of which could be read, would be a number (-1 or 0) that means nothing."""
+    where = getattr(dataset, "ann_file", "the validation set")
+    if not expected:
+        return f"{where}: the validation set has no images to evaluate (config.data.val)"
+    if not seen:
+        return (f"none of the {len(expected)} images of {where} could be read from "
+                f"{getattr(dataset, 'img_dir', '?')} (config.data.val.img_dir): nothing was "
+                "evaluated")
+    return None
+
+
 def _evaluate_gathered(gathered, dataset, config, mask_on: bool, output_dir: str | None) -> dict:
     """Rank 0's half of `evaluate`: merge, check coverage, evaluate, write files."""
     bbox = [r for g in gathered for r in g[0]]
     segm = [r for g in gathered for r in g[1]]
     seen = [i for g in gathered for i in g[2]]
     expected = {i for g in gathered for i in g[3]}
+    user_error = _val_set_error(dataset, seen, expected)
+    if user_error:
+        return {"user_error": user_error}
     error, warning = _check_coverage(seen, expected, config.data.on_bad_image)
     if error:
         return {"error": error}
@@ -196,7 +220,12 @@ def _evaluate_gathered(gathered, dataset, config, mask_on: bool, output_dir: str
         if mask_on:
             write_json_atomic(os.path.join(output_dir, "segm.json"), segm)
     ids = sorted(expected)
-    metrics = coco_evaluate(data_lib.coco_gt(dataset, "bbox"), bbox, None, ids)
+    gt_bbox = data_lib.coco_gt(dataset, "bbox")
+    if not gt_bbox["annotations"]:
+        log.warning("evaluation: %s has no annotated object in its %d images: every AP is -1 "
+                    "(undefined), not a score", getattr(dataset, "ann_file", "the val set"),
+                    len(ids))
+    metrics = coco_evaluate(gt_bbox, bbox, None, ids)
     if mask_on:  # box-only objects differ between the two ground truths (see coco_gt)
         metrics.update(coco_evaluate(data_lib.coco_gt(dataset, "segm"), [], segm, ids,
                                      bbox=False))

@@ -104,6 +104,9 @@ def list_inputs(spec: str) -> InputFiles:
             out.ignored.append(path)
         elif os.path.isfile(path):
             out.paths.append(path)
+        else:  # a FIFO, socket or device named like an image: reading it could block forever
+            log.warning("predict: refusing %s: not a regular file", path)
+            out.refused.append(path)
     if not candidates:
         raise FileNotFoundError(f"predict.input={spec!r} matches no file")
     return out

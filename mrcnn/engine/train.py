@@ -102,6 +102,7 @@ class Trainer:
         _write_categories(workdir, self.categories)
         self.optimizer = solver.build_optimizer(self.model, self.s)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
+        self._check_val_set()
         self.start_iter, self.last_ckpt = self._resume()
         self._capture_graphs()
         self.train_model = self._wrap_ddp()
@@ -120,6 +121,7 @@ class Trainer:
             seed_everything(self.config.seed + rank)  # per-rank randomness (sampling) from here
             return 0, None
         state = latest[0] if latest is not None else checkpoint.load(found)
+        checkpoint.check_training_state(state, found)
         _check_same_categories(state, self.categories, found)
         try:
             self.model.load_state_dict(state["model"])
@@ -142,6 +144,14 @@ class Trainer:
                 seed_everything(self.config.seed + rank + 10007 * start_iter)
         log.info("resumed from %s at iteration %d", found, start_iter)
         return start_iter, found
+
+    def _check_val_set(self) -> None:
+        """A validation set that is missing fails now, not after hours of training."""
+        e = self.config.eval
+        if e.final or e.period or e.per_epoch or e.min_bbox_map > 0 or e.min_mask_map > 0:
+            from mrcnn.data import catalog
+
+            catalog.require_dataset(self.config, self.config.data.val)
 
     def _capture_graphs(self) -> None:
         graphs = self.built.graphs
@@ -330,9 +340,9 @@ class Trainer:
             except (OSError, RuntimeError) as e:  # disk full, quota, permissions: the last
                 # one is intact (torch.save reports a full disk as a RuntimeError)
                 raise checkpoint.CheckpointError(
-                    f"could not save the checkpoint of iteration {it} in {self.workdir} "
-                    f"({type(e).__name__}: {e}); the last good checkpoint is "
-                    f"{self.last_ckpt or 'none'}") from e
+                    f"could not save the checkpoint of iteration {it} in {self.workdir}"
+                    f"{checkpoint.disk_note(self.workdir)} ({type(e).__name__}: {e}); the last "
+                    f"good checkpoint is {self.last_ckpt or 'none'}") from e
             log.info("saved %s", self.last_ckpt)
         dist.barrier()
 
