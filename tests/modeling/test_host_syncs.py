@@ -2,15 +2,15 @@
 the budget the model must stay within.
 
 Budget (configs/shapes.py:tiny model, 2 images, one step after a warm-up step), per step:
-- training forward + backward: at most TRAIN_BUDGET = 7, all in the RPN's proposal selection
-  (rpn.select_proposals: the compaction of the pre-NMS candidates (1 nonzero), NMS (1: its
-  output size is decided on the host), and the per-image top-n after it (1 bincount, 4
-  boolean-mask indexings)). Targets, samplers, RoI heads, mask targets and losses make none
-  (SYNC_FREE). Before: 20 (13 more: nonzero of the sampled RoIs and of the positives, per-image
-  nonzeros and .item() reads in the mask targets, blocking copies of host metadata).
-- inference forward: at most INFER_BUDGET = 12: the same 7 in the RPN, 4 in
-  postprocess.box_detections (2 nonzero, 1 bincount, 1 NMS), and 1 in the model: reading how
-  many detections each image has, to split them into per-image results. Before: 14.
+- training forward + backward: at most TRAIN_BUDGET = 2, both in the RPN's proposal selection
+  (rpn.select_proposals: the compaction of the pre-NMS candidates (1 nonzero) and NMS (1: its
+  output size is decided on the host)). Targets, samplers, RoI heads, mask targets and losses
+  make none (SYNC_FREE). Before: 20 (nonzero of the sampled RoIs and of the positives,
+  per-image nonzeros and .item() reads in the mask targets, blocking copies of host metadata,
+  the per-image top-n's bincount and boolean-mask indexings).
+- inference forward: at most INFER_BUDGET = 6: the same 2 in the RPN, 3 in
+  postprocess.box_detections (2 nonzero, 1 NMS), and 1 in the model: reading how many
+  detections each image has, to split them into per-image results. Before: 14.
 The training loop's read of the losses and the optimizer are not part of these counts.
 """
 
@@ -24,8 +24,8 @@ from configs import shapes
 from mrcnn.modeling import build_model
 from mrcnn.structures import ImageBatch, InstanceMasks, Targets
 
-TRAIN_BUDGET = 7
-INFER_BUDGET = 12
+TRAIN_BUDGET = 2
+INFER_BUDGET = 6
 # Files that make no sync at all (the model's one read in inference aside, see above).
 SYNC_FREE = ("targets.py", "sampling.py", "mask_targets.py", "losses.py", "rpn_sampled.py",
              "anchors.py", "matcher.py", "box_coder.py", "mask_rcnn.py")
