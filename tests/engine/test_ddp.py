@@ -173,15 +173,15 @@ def test_two_ranks_step_like_one_process_on_the_same_global_batch(tmp_path, data
 
 def test_syncbn_on_cpu_ranks_is_refused_with_the_key(monkeypatch):
     from mrcnn import dist
-    from mrcnn.engine import train
+    from mrcnn.build import build
     from mrcnn.config_check import ConfigError
 
     c = _config({**TINY, "model.backbone.norm": "SyncBN"})
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     with pytest.raises(ConfigError, match="model.backbone.norm='SyncBN'.*CUDA"):
-        train.build_training_model(c, torch.device("cpu"))
+        build(c, torch.device("cpu"), "train")
     monkeypatch.setattr(dist, "world_size", lambda: 1)  # one process: plain BatchNorm, fine
-    model = train.build_training_model(c, torch.device("cpu"))
+    model = build(c, torch.device("cpu"), "train").model
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
 
 
@@ -213,6 +213,8 @@ def _eval_config(img_dir: str, ann_file: str):
     c.data.num_workers = 0
     c.data.on_bad_image = "fail"  # a missing image is an error, not a silent miss
     c.data.val.img_dir, c.data.val.ann_file = img_dir, ann_file
+    # The model's categories come from the training set: here the same file.
+    c.data.train.img_dir, c.data.train.ann_file = img_dir, ann_file
     c.input.min_size_test = c.input.max_size_test = 64  # no resize: see ColourOracle
     return c
 
