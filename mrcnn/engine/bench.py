@@ -271,6 +271,13 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
     for dtype in b.dtypes:
         for mode in modes:
             results["runs"].append(_time_row(su, mode, dtype))
+    artifacts = os.path.join(workdir, config.export.dir)
+    if os.path.isdir(artifacts) and dist.is_main():
+        # The workdir holds exported artifacts (--mode=export): eager vs each, side by side.
+        from mrcnn.export.bench import bench_artifacts, table
+
+        results["artifacts"] = bench_artifacts(config, workdir, device)
+        print(table(results["artifacts"]))
     if dist.is_main():
         write_json_atomic(os.path.join(workdir, "bench.json"), results, indent=2)
         print(format_table(results))
