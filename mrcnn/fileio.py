@@ -29,6 +29,9 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True,
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    # mkstemp makes the file private (0600); results in a shared workdir get what open() would
+    # give them: 0666 less the umask.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -47,6 +50,12 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True,
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str, obj: Any, **dump_kwargs) -> None:
