@@ -134,6 +134,13 @@ def exported_aoti(exported, tiny_model):
                                     runner.OPS_LIBRARY)
 
 
+# Compiling an AOTInductor package of even the tiny model took 23 minutes on the 2-core
+# development machine (CI's kind): these two run where MRCNN_TEST_AOTI=1 asks for them.
+needs_aoti = pytest.mark.skipif(os.environ.get("MRCNN_TEST_AOTI") != "1",
+                                reason="AOTInductor compile: set MRCNN_TEST_AOTI=1 (slow on 2 cores)")
+
+
+@needs_aoti
 def test_aoti_package_parity_and_standalone_load(exported_aoti):
     res = exported_aoti
     assert res["passed"], res
@@ -142,6 +149,7 @@ def test_aoti_package_parity_and_standalone_load(exported_aoti):
     assert "outputs 5 (170, 230)" in _standalone(STANDALONE.format(load=load), folder)
 
 
+@needs_aoti
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None,
                     reason="needs cmake and a C++ compiler")
 def test_cpp_example_builds_and_runs(exported_aoti, tmp_path):
