@@ -35,8 +35,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     return torch.ops.mrcnn.nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-# reference.fpn_levels and reference.decode_boxes with python-number constants instead of
-# torch.tensor ones (which the decomposition tracer cannot lift); the same float32 values.
+# reference.fpn_levels with python-number constants instead of torch.tensor ones (which the
+# decomposition tracer cannot lift); the same float32 values.
 def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_level, canonical_scale):
     s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + 1e-6)
@@ -45,22 +45,10 @@ def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_level, canonical
 
 
 def decode_boxes(deltas: Tensor, boxes: Tensor, weights, clamp: float) -> Tensor:
-    boxes = boxes.to(deltas.dtype)
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    ctr_x = boxes[:, 0] + 0.5 * widths
-    ctr_y = boxes[:, 1] + 0.5 * heights
-    wx, wy, ww, wh = weights
-    dx = deltas[:, 0::4] / wx
-    dy = deltas[:, 1::4] / wy
-    dw = (deltas[:, 2::4] / ww).clamp(max=clamp)
-    dh = (deltas[:, 3::4] / wh).clamp(max=clamp)
-    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
-    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-    half_w = 0.5 * (torch.exp(dw) * widths[:, None])
-    half_h = 0.5 * (torch.exp(dh) * heights[:, None])
-    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w,
-                        pred_ctr_y + half_h), dim=2).flatten(1)
+    # ops.reference's copy uses Python-number constants only, so it decomposes as it is.
+    from ops import reference
+
+    return reference.decode_boxes(deltas, boxes, tuple(weights), clamp)
 
 
 def multilevel_roi_align(features, rois, spatial_scales, pooled_height, pooled_width,
