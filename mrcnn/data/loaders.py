@@ -29,12 +29,13 @@ def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers leave SIGTERM / SIGINT / SIGUSR1 to the main process. Launchers
     (`timeout`, SLURM, `docker stop`, Kubernetes, Ctrl-C) signal the whole process group; a worker
     killed by it would make the main process fail with "DataLoader worker ... killed by signal"
-    instead of saving a checkpoint at the current step. Workers still end with the main process
-    (the DataLoader shuts them down, and they watch for their parent's death)."""
-    import signal
+    instead of saving a checkpoint at the current step. So each worker moves to a process group
+    of its own: signals to the launcher's group miss it, while the DataLoader's own shutdown
+    (and multiprocessing's terminate() at exit, which signal the worker by pid) still end it,
+    and it ends by itself when the main process dies (the DataLoader's parent watchdog)."""
+    import os
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+    os.setpgid(0, 0)
 
 
 # Bad-input errors raised while loading a sample. In a worker process they travel to the main

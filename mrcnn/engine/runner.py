@@ -111,26 +111,12 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str) -> None:
     try:
         _dispatch(mode, config, workdir, device)
     except _user_errors() as e:
-        _end_loader_workers()
         dist.shutdown(wait_for_others=False)
         raise UserError(f"{type(e).__name__}: {e}") from e
     except BaseException:
-        _end_loader_workers()
         dist.shutdown(wait_for_others=False)
         raise
     dist.shutdown()
-
-
-def _end_loader_workers() -> None:
-    """On the way out after an error: the DataLoader workers still alive (their iterator is held
-    by the error's traceback, so nobody shut them down) are killed. They ignore SIGTERM (stop
-    signals are the main process's, see mrcnn.data.loaders.ignore_stop_signals), so the
-    terminate() that multiprocessing sends at exit would leave the process waiting forever."""
-    import multiprocessing
-
-    for child in multiprocessing.active_children():
-        child.kill()
-        child.join(10)
 
 
 def _dispatch(mode: str, config: ml_collections.ConfigDict, workdir: str, device) -> None:
