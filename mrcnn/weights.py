@@ -121,8 +121,8 @@ def torchvision_layout(sd: Mapping[str, Tensor]) -> TorchvisionLayout:
 
 def model_layout(model: nn.Module) -> TorchvisionLayout | None:
     """The torchvision variant our `model` (a MaskRCNN) has the shape of; None for C4."""
-    if not getattr(model, "use_fpn", True):
-        return None
+    if not getattr(model, "use_fpn", True) or not hasattr(model, "backbone"):
+        return None  # C4, or not one of our models (the key check lists what differs)
     fpn = model.backbone.fpn
     mask_head = getattr(model, "mask_head", None)
     return TorchvisionLayout(

@@ -229,8 +229,8 @@ class Trainer:
         named = dict(zip(("loss", *parts), values))
         return StepResult(named, stop_votes > 0, lr, time.perf_counter() - t0, data_time)
 
-    def apply_gradients(self, it: int, result: StepResult) -> None:
-        """The optimizer step, or a skipped step when the losses are not finite."""
+    def apply_gradients(self, it: int, result: StepResult) -> bool:
+        """The optimizer step; False (a skipped step) when the losses are not finite."""
         bad = [k for k, v in result.values.items() if not math.isfinite(v)]
         if bad and not self.scaler.is_enabled():  # float16: the GradScaler skips the step
             self.bad_steps += 1
@@ -243,13 +243,14 @@ class Trainer:
             log.warning("iteration %d: non-finite %s, step skipped (%d/%d)",
                         it, bad, self.bad_steps, self.s.max_bad_steps)
             self.optimizer.zero_grad(set_to_none=True)
-            return
+            return False
         if self.s.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        return True
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -266,8 +267,10 @@ class Trainer:
         with StopFlag() as stop:
             while it < s.max_iter:
                 result = self.step(it, batches, stop)
-                self.apply_gradients(it, result)
+                applied = self.apply_gradients(it, result)
                 it += 1
+                if not applied:  # a skipped step is not logged, checkpointed or evaluated
+                    continue
                 _update_meters(meters, result)
                 if it % config.log_period == 0 or it == s.max_iter or it == self.start_iter + 1:
                     self._log(it, result.lr, meters, writer, loader)

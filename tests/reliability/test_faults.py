@@ -172,11 +172,13 @@ def test_disk_full_while_saving_keeps_the_last_good_checkpoint(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(OSError, match="No space left"), caplog.at_level(logging.ERROR):
+    # One line for the user (a CheckpointError main.py prints, exit 2) naming the step, the
+    # cause and the last good checkpoint.
+    with pytest.raises(checkpoint.CheckpointError, match="No space left") as e:
         train.train(faults.tiny_config(root, 3), w, CPU)
-    assert "could not save the checkpoint of iteration 2" in caplog.text
+    assert "could not save the checkpoint of iteration 2" in str(e.value)
     assert f"last good checkpoint is {os.path.join(w, checkpoint.checkpoint_name(1))}" in (
-        caplog.text
+        str(e.value)
     )
     assert checkpoint.list_checkpoints(w) == [checkpoint.checkpoint_name(1)]
     assert faults.tmp_leftovers(w) == []

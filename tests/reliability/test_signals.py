@@ -65,7 +65,9 @@ def test_signal_to_the_process_group_saves_and_exits_0(tmp_path, sig):
 
 def test_sigterm_to_torchrun_process_group_saves_once_and_exits_0(tmp_path):
     w, data = str(tmp_path / "w"), str(tmp_path / "data")
-    env = dict(os.environ, MRCNN_SETUP="0", OMP_NUM_THREADS="1")
+    # The virtualenv running this test (launch/train.sh defaults to <repo>/.venv).
+    env = dict(os.environ, MRCNN_SETUP="0", OMP_NUM_THREADS="1",
+               MRCNN_VENV=os.environ.get("MRCNN_VENV", sys.prefix))
     cmd = ["bash", "launch/train.sh", "2", "configs/shapes.py:tiny",
            *_train_args(w, data, "--config.solver.ims_per_batch=4")[1:]]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
