@@ -51,7 +51,7 @@ def test_deterministic_run_stopped_by_a_signal_resumes_bit_exact(tmp_path):
     assert faults.run_in_process("train", c, w) is None
     t.join(60)
     stopped = max(int(n[6:13]) for n in os.listdir(w) if n.startswith("model_"))
-    assert 3 <= stopped <= 6
+    assert 3 <= stopped < 6  # the signal did stop it: the resume below is a real one
     assert faults.run_in_process("train", c, w) is None  # resumes
     a, b = _final(ref, 6)["model"], _final(w, 6)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
