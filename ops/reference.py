@@ -511,7 +511,9 @@ def rpn_decode_topk(
     tops, lvls = [], []
     offset = 0
     for level, n in enumerate(level_sizes):
-        k = min(pre_nms_top_n, n)
+        # sym_min: the same int for ints, and no guard on a symbolic level size (torch.export
+        # traces this function as the ONNX decomposition of the kernel, mrcnn/export/onnx_ops.py)
+        k = torch.sym_min(pre_nms_top_n, n)
         top = objectness[:, offset : offset + n].topk(k, dim=1).indices
         tops.append(top + offset)
         lvls.append(torch.full((k,), level, dtype=torch.int64, device=objectness.device))

