@@ -1,12 +1,27 @@
-"""Parity of an artifact against the eager DeployModel, per image.
+"""Parity of an artifact against the eager DeployModel, per image, independent of order.
 
-Figures over all images: whether the labels are identical (same detections, same order), the
-largest box coordinate difference (px), the largest score difference and the smallest mask IoU
-of matched detections (two empty masks count as IoU 1). `passes` applies the tolerances.
+Detections are matched one to one within each image, not by position: an artifact may emit
+near-tied detections in another order (ONNX Runtime on a randomly initialised R-50 did). Eager
+detections, by decreasing score (ties: index), each take the unassigned artifact detection with
+the same label, every box coordinate within `box_px` and the score within `score` (`tol`),
+choosing the closest box (ties: index). Without `tol` only the label has to agree, so the
+figures say how far apart the nearest pairs are.
+
+A detection may be left unmatched only at a cut, where a difference within tolerance can keep
+it on one side and drop it on the other: its score within `score` of the score threshold
+(`score_thresh`, the model's roi_heads.score_thresh), or its image at the top-k limit (`topk`,
+roi_heads.detections_per_img) on a side whose lowest kept score is within `score` of it.
+Any other unmatched detection fails parity.
+
+Figures over all images: the counts (detections, matched, unmatched on each side, unmatched
+not at a cut), `labels_identical` (every detection matched), and over matched pairs the largest
+box coordinate difference (px), the largest score difference, the smallest and the mean mask
+IoU (two empty masks count as IoU 1). `passes` applies the tolerances to them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +34,8 @@ TORCH_TOLERANCES = {"box_px": 1e-3, "score": 1e-4, "mask_iou": 0.99}
 # box coordinate 1e-5 px away from eager's, across an integer, moves a whole mask by a pixel,
 # which costs a small mask several % of IoU.
 ONNX_TOLERANCES = dict(TORCH_TOLERANCES, mask_iou=0.9, mean_mask_iou=0.99)
+# Unmatched detections listed in the figures (the sidecar of a rejected artifact says which).
+MAX_LISTED = 20
 
 
 def mask_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -29,23 +46,98 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def compare(want: Sequence[dict], got: Sequence[dict]) -> dict:
-    """Parity figures of `got` against `want` (lists of per-image Predictor dicts)."""
-    fig = {"images": len(want), "detections": 0, "labels_identical": len(want) == len(got),
-           "max_box_px": 0.0, "max_score": 0.0, "min_mask_iou": 1.0, "mean_mask_iou": 1.0}
-    ious = []
-    for w, g in zip(want, got):
-        fig["detections"] += int(w["labels"].numel())
-        if w["labels"].shape != g["labels"].shape or not torch.equal(w["labels"], g["labels"]):
-            fig["labels_identical"] = False
-            continue
-        if w["labels"].numel() == 0:
-            continue
-        fig["max_box_px"] = max(fig["max_box_px"],
-                                float((w["boxes"] - g["boxes"]).abs().max()))
-        fig["max_score"] = max(fig["max_score"],
-                               float((w["scores"] - g["scores"]).abs().max()))
-        ious.append(mask_iou(w["masks"], g["masks"]))
+def cut_of(config) -> dict:
+    """The cuts of the model's detections: compare()'s score_thresh and topk keywords."""
+    rh = config.model.roi_heads
+    return {"score_thresh": float(rh.score_thresh), "topk": int(rh.detections_per_img)}
+
+
+def match(w: dict, g: dict, tol: dict | None = None) -> list[tuple[int, int]]:
+    """One-to-one pairs (i in w, j in g) of one image's detections (the module's rule)."""
+    if w["labels"].numel() == 0 or g["labels"].numel() == 0:
+        return []
+    # Doubles: the float32 inputs' differences are exact, so a tolerance is met or not.
+    box = (w["boxes"].double()[:, None] - g["boxes"].double()[None]).abs().amax(-1)
+    score = (w["scores"].double()[:, None] - g["scores"].double()[None]).abs()
+    ok = w["labels"].reshape(-1, 1) == g["labels"].reshape(1, -1)
+    if tol is not None:
+        ok &= (box <= tol["box_px"]) & (score <= tol["score"])
+    dist = torch.where(ok, box, torch.full_like(box, math.inf))
+    taken = torch.zeros(dist.shape[1], dtype=torch.bool)
+    pairs = []
+    # A stable sort: equal eager scores go by index, so the pairing is deterministic.
+    for i in torch.sort(-w["scores"].double(), stable=True).indices.tolist():
+        d = dist[i].masked_fill(taken, math.inf)
+        j = int(torch.argmin(d))  # the first of equally close boxes
+        if math.isfinite(float(d[j])):
+            taken[j] = True
+            pairs.append((i, j))
+    return pairs
+
+
+def at_cut(score: float, w: dict, g: dict, tol: dict | None, score_thresh, topk) -> bool:
+    """Whether a detection of this score, unmatched, is explained by a cut (module docstring).
+    Without `tol` nothing is: a difference is only allowed within a tolerance."""
+    if tol is None:
+        return False
+    near = tol["score"]
+    if score_thresh is not None and abs(score - float(score_thresh)) <= near:
+        return True
+    if topk is not None:
+        for side in (w["scores"], g["scores"]):
+            if side.numel() >= int(topk) and abs(score - float(side.min())) <= near:
+                return True
+    return False
+
+
+def _unmatched(fig: dict, image: int, name: str, det: dict, idx: list[int], w: dict, g: dict,
+               tol: dict | None, cut: dict) -> None:
+    """Counts (and lists, up to MAX_LISTED) the unmatched detections `idx` of one side."""
+    fig["unmatched_" + name] += len(idx)
+    for k in idx:
+        s = float(det["scores"][k])
+        ok = at_cut(s, w, g, tol, cut.get("score_thresh"), cut.get("topk"))
+        fig["unmatched_not_at_cut"] += int(not ok)
+        if len(fig["unmatched"]) < MAX_LISTED:
+            fig["unmatched"].append({"image": image, "side": name, "label": int(det["labels"][k]),
+                                     "score": s, "box": [float(v) for v in det["boxes"][k]],
+                                     "at_cut": ok})
+
+
+def _compare_image(fig: dict, image: int, w: dict, g: dict, tol: dict | None,
+                   cut: dict) -> Tensor | None:
+    """Adds one image's counts and largest differences to `fig` -> its matched mask IoUs."""
+    fig["detections"] += int(w["labels"].numel())
+    fig["detections_got"] += int(g["labels"].numel())
+    pairs = match(w, g, tol)
+    fig["matched"] += len(pairs)
+    mw, mg = {i for i, _ in pairs}, {j for _, j in pairs}
+    _unmatched(fig, image, "want", w, [i for i in range(w["labels"].numel()) if i not in mw],
+               w, g, tol, cut)
+    _unmatched(fig, image, "got", g, [j for j in range(g["labels"].numel()) if j not in mg],
+               w, g, tol, cut)
+    if not pairs:
+        return None
+    iw, ig = (torch.tensor(v) for v in zip(*pairs))
+    fig["max_box_px"] = max(fig["max_box_px"],
+                            float((w["boxes"][iw].double() - g["boxes"][ig]).abs().max()))
+    fig["max_score"] = max(fig["max_score"],
+                           float((w["scores"][iw].double() - g["scores"][ig]).abs().max()))
+    return mask_iou(w["masks"][iw], g["masks"][ig])
+
+
+def compare(want: Sequence[dict], got: Sequence[dict], tol: dict | None = None, *,
+            score_thresh: float | None = None, topk: int | None = None) -> dict:
+    """Parity figures of `got` against `want` (lists of per-image Predictor dicts): detections
+    matched within `tol` (box_px, score), misses allowed at the cuts score_thresh / topk."""
+    fig = {"images": len(want), "images_got": len(got), "detections": 0, "detections_got": 0,
+           "matched": 0, "unmatched_want": 0, "unmatched_got": 0, "unmatched_not_at_cut": 0,
+           "labels_identical": len(want) == len(got), "max_box_px": 0.0, "max_score": 0.0,
+           "min_mask_iou": 1.0, "mean_mask_iou": 1.0, "unmatched": []}
+    cut = {"score_thresh": score_thresh, "topk": topk}
+    ious = [iou for n, (w, g) in enumerate(zip(want, got))
+            if (iou := _compare_image(fig, n, w, g, tol, cut)) is not None]
+    fig["labels_identical"] &= fig["unmatched_want"] == 0 and fig["unmatched_got"] == 0
     if ious:
         iou = torch.cat(ious)
         fig["min_mask_iou"], fig["mean_mask_iou"] = float(iou.min()), float(iou.mean())
@@ -53,9 +145,11 @@ def compare(want: Sequence[dict], got: Sequence[dict]) -> dict:
 
 
 def passes(fig: dict, tol: dict) -> bool:
-    """tol: box_px, score, mask_iou (the smallest IoU), optionally mean_mask_iou."""
-    return bool(fig["labels_identical"] and fig["max_box_px"] <= tol["box_px"]
-                and fig["max_score"] <= tol["score"] and fig["min_mask_iou"] >= tol["mask_iou"]
+    """tol: box_px, score, mask_iou (the smallest IoU), optionally mean_mask_iou. The figures
+    should come from compare() with the same `tol`: matching uses it too."""
+    return bool(fig["images"] == fig["images_got"] and fig["unmatched_not_at_cut"] == 0
+                and fig["max_box_px"] <= tol["box_px"] and fig["max_score"] <= tol["score"]
+                and fig["min_mask_iou"] >= tol["mask_iou"]
                 and fig["mean_mask_iou"] >= tol.get("mean_mask_iou", 0.0))
 
 
@@ -87,10 +181,12 @@ def synthetic_images(sizes, seed: int = 0) -> list[Tensor]:
     return out
 
 
-def measure(reference, candidate, batches: Sequence[Sequence[Tensor]]) -> dict:
-    """compare() of two Predictors over `batches` (each one call), merged into one figure."""
+def measure(reference, candidate, batches: Sequence[Sequence[Tensor]], tol: dict | None = None,
+            **cut) -> dict:
+    """compare() of two Predictors over `batches` (each one call), merged into one figure;
+    `tol` and the cut keywords (score_thresh, topk: cut_of(config)) go to compare()."""
     want, got = [], []
     for images in batches:
         want += reference(list(images))
         got += candidate(list(images))
-    return compare(want, got)
+    return compare(want, got, tol, **cut)

@@ -131,8 +131,8 @@ def check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib) -> 
     from mrcnn.fileio import write_json_atomic
 
     cand = Predictor(run_batch_of(tmp, fmt), max_batch=int(config.export.max_batch))
-    figures = parity.measure(eager, cand, batches)
     tol = tolerances(config, fmt)
+    figures = parity.measure(eager, cand, batches, tol, **parity.cut_of(config))
     ok = parity.passes(figures, tol)
     final = os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[len("tmp-"):])
     path = final if ok else final + ".rejected"
