@@ -73,10 +73,13 @@ def build_optimizer(model: nn.Module, solver: ml_collections.ConfigDict) -> torc
     groups = param_groups(model, solver)
     if not groups:
         raise ValueError("the model has no trainable parameters (check model.backbone.freeze_at)")
+    # fused: one kernel per parameter group, and the step takes a device-side skip flag
+    # (`optimizer.found_inf`, the GradScaler's mechanism), so the training loop can leave out a
+    # non-finite step without reading the loss on the host (engine/train.py).
     if solver.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum)
+        return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum, fused=True)
     if solver.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=solver.base_lr)
+        return torch.optim.AdamW(groups, lr=solver.base_lr, fused=True)
     raise ValueError(f"config.solver.optimizer={solver.optimizer!r}: sgd | adamw")
 
 
@@ -85,3 +88,41 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> f
     for g in optimizer.param_groups:
         g["lr"] = base_lr * g.get("lr_scale", 1.0) * factor
     return base_lr * factor
+
+
+def align_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Gives every gradient and every per-parameter state tensor its parameter's strides.
+
+    The fused kernels walk a parameter, its gradient and its state as flat arrays, so a state
+    in another memory format than its parameter is silently updated element-for-wrong-element
+    (measured: a channels_last weight with a contiguous moment differs by 0.15 after one AdamW
+    step). A state loaded from a checkpoint keeps the layout it was saved with, which need not
+    be the parameter's (the fast paths make conv weights channels_last). Only metadata is
+    compared when all is aligned, so this is cheap enough to run before every step.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.stride() != p.stride():
+                p.grad = _like(p, p.grad)
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for k, v in state.items():
+                if (isinstance(v, torch.Tensor) and v.shape == p.shape
+                        and v.stride() != p.stride()):
+                    state[k] = _like(p, v)
+
+
+def mark_updated(optimizer: torch.optim.Optimizer) -> None:
+    """Bumps the version counter of every parameter after a fused step.
+
+    The fused kernels update the weights in place without bumping their version counters (the
+    foreach ones do); anything keyed on `Tensor._version` would keep using stale weights
+    (the oneDNN path's prepacked weights are: without this bump, a run resumed at step 2
+    differed from an uninterrupted one by 1.6e-3 at step 3; with it they are bit-identical)."""
+    torch.autograd.graph.increment_version(
+        [p for g in optimizer.param_groups for p in g["params"]])
+
+
+def _like(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(p, dtype=v.dtype).copy_(v)

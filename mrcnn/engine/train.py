@@ -3,6 +3,11 @@
 One optimizer step = `solver.accumulate_steps` micro-batches; the schedule, `max_iter`,
 `checkpoint_period` and `eval.period` count optimizer steps. A checkpoint holds everything needed to
 continue exactly: model, optimizer, scaler, iteration, RNG states and the config.
+
+Nothing in a step reads a device value on the host: the losses stay on the device
+(step_losses.py) until a log line, checkpoint, evaluation or stop needs them, a non-finite step
+is left out by the fused optimizer on the device, and with several ranks the stop vote is read
+one step late. One host sync per log period instead of one per step.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from mrcnn.data.prefetch import Prefetcher
 from mrcnn.engine import checkpoint, solver
 from mrcnn.engine.rng import rng_state, seed_everything, set_rng_state
 from mrcnn.engine.signals import StopFlag
+from mrcnn.engine.step_losses import PendingLosses, StepRecord
 from mrcnn.engine.workdir_lock import WorkdirLock, WorkdirLockedError
 from mrcnn.engine.writer import MetricWriter, SmoothedValue, format_eta
 from mrcnn.fileio import write_json_atomic
@@ -79,10 +85,10 @@ def _workdir_lock(workdir: str):
 
 @dataclasses.dataclass
 class StepResult:
-    """One optimizer step's losses, averaged over the ranks (host floats), and the stop vote."""
+    """One optimizer step, as device tensors (nothing read on the host yet)."""
 
-    values: dict[str, float]
-    stop: bool
+    losses: torch.Tensor  # float [1 + len(LOSS_NAMES)]: the total, then each loss; this rank's
+    skip: torch.Tensor  # 0-dim bool: not finite, so the optimizer leaves the step out
     lr: float
     seconds: float
     data_seconds: float
@@ -107,6 +113,7 @@ class Trainer:
         self._capture_graphs()
         self.train_model = self._wrap_ddp()
         self.bad_steps = 0
+        self._vote: torch.Tensor | None = None  # the last step's stop vote (several ranks)
 
     # ------------------------------------------------------------------ set-up
     def _resume(self) -> tuple[int, str | None]:
@@ -192,14 +199,13 @@ class Trainer:
         return loader, batches
 
     # ------------------------------------------------------------------ one step
-    def step(self, it: int, batches, stop: StopFlag) -> StepResult:
-        """Forward / backward over the micro-batches of step `it`, then one host sync."""
+    def step(self, it: int, batches) -> StepResult:
+        """Forward / backward over the micro-batches of step `it`; reads nothing on the host."""
         t0 = time.perf_counter()
         lr = solver.set_lr(self.optimizer, self.s.base_lr, solver.lr_factor(it, self.s))
-        accum, device = self.s.accumulate_steps, self.device
+        accum = self.s.accumulate_steps
         data_time = 0.0
-        loss_sum = torch.zeros((), device=device)
-        parts = {k: torch.zeros((), device=device) for k in LOSS_NAMES}
+        total = torch.zeros(1 + len(LOSS_NAMES), device=self.device)
         for micro in range(accum):
             td = time.perf_counter()
             batch = next(batches)  # on the device, padded to perf.pad_to if set
@@ -210,47 +216,78 @@ class Trainer:
             sync = (self.train_model.no_sync() if self.world > 1 and micro < accum - 1
                     else contextlib.nullcontext())
             with sync:
-                with autocast(device, self.config.dtype,
+                with autocast(self.device, self.config.dtype,
                               cache_enabled=self.built.graphs is None):
                     losses = self.train_model(batch.images, batch.targets)
-                loss = sum(v.float() for v in losses.values()) / accum
+                parts = torch.stack([losses[k].float() for k in LOSS_NAMES]) / accum
+                loss = parts.sum()
                 self.scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-            for k, v in losses.items():
-                parts[k] = parts.get(k, torch.zeros((), device=device)) + v.detach().float() / accum
-        # One host sync per step, one all-reduce: the losses averaged over ranks (for the
-        # meters, and a finite check every rank agrees on: DDP has already spread a non-finite
-        # gradient to all of them) and the stop request. A signal can reach the ranks at
-        # different steps, or only some of them; stopping on the reduced flag makes every rank
-        # save and leave at the same step instead of hanging in a collective.
-        stop_req = torch.tensor(float(stop.signal is not None), device=device)
-        *values, stop_votes = dist.all_reduce_mean(
-            torch.stack([loss_sum, *parts.values(), stop_req])).tolist()
-        named = dict(zip(("loss", *parts), values))
-        return StepResult(named, stop_votes > 0, lr, time.perf_counter() - t0, data_time)
+            total += torch.cat([loss.detach().reshape(1), parts.detach()])
+        return StepResult(total, self._skip_flag(total), lr, time.perf_counter() - t0,
+                          data_time)
 
-    def apply_gradients(self, it: int, result: StepResult) -> bool:
-        """The optimizer step; False (a skipped step) when the losses are not finite."""
-        bad = [k for k, v in result.values.items() if not math.isfinite(v)]
-        if bad and not self.scaler.is_enabled():  # float16: the GradScaler skips the step
-            self.bad_steps += 1
-            if self.bad_steps > self.s.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"non-finite loss at iteration {it}: "
-                    f"{', '.join(f'{k} = {result.values[k]}' for k in bad)}; last good "
-                    f"checkpoint: {self.last_ckpt or 'none'} (solver.max_bad_steps="
-                    f"{self.s.max_bad_steps} allows skipping bad steps)")
-            log.warning("iteration %d: non-finite %s, step skipped (%d/%d)",
-                        it, bad, self.bad_steps, self.s.max_bad_steps)
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
+    def _skip_flag(self, losses: torch.Tensor) -> torch.Tensor:
+        """Whether to leave the step out, decided on the device. Every rank must decide alike
+        (DDP has already spread a non-finite gradient to all of them; ranks that disagreed
+        would drift apart), so the flag is all-reduced: a collective on the device's stream,
+        not a host read. float16's GradScaler finds non-finite gradients itself."""
+        if self.scaler.is_enabled():
+            return torch.zeros((), dtype=torch.bool, device=self.device)
+        bad = (~torch.isfinite(losses).all()).float()
+        if self.world > 1:
+            bad = dist.all_reduce_mean(bad)
+        return bad > 0
+
+    def apply_gradients(self, result: StepResult) -> None:
+        """The optimizer step, skipped on the device when `result.skip` is set: the fused
+        optimizers take the flag as `found_inf` (the GradScaler's mechanism) and leave
+        weights, momenta and step counts unchanged, so no host read is needed to decide."""
         if self.s.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        solver.align_layouts(self.optimizer)  # the fused kernels need matching strides
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.found_inf = result.skip.float()
+            self.optimizer.step()
+        solver.mark_updated(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        return True
+
+    def _stop_vote(self, stop: StopFlag) -> bool:
+        """Whether every rank stops after this step. One rank: its own flag. Several: a
+        signal can reach the ranks at different steps, or only some of them; the votes are
+        all-reduced and each rank reads the vote of the step before (done on the device by
+        now, so the read does not stall the queue), so all stop at the same step instead of
+        hanging in a collective."""
+        if self.world == 1:
+            return stop.signal is not None
+        vote = dist.all_reduce_mean(
+            torch.full((), float(stop.signal is not None), device=self.device))
+        previous, self._vote = self._vote, vote
+        return previous is not None and previous.item() > 0
+
+    def _read_losses(self, pending: PendingLosses, meters: dict) -> bool:
+        """Reads the pending steps (one host sync): counts and reports skipped ones, raises
+        NonFiniteLossError past solver.max_bad_steps, feeds the meters the applied ones.
+        Returns whether the latest step was skipped."""
+        records = pending.read()
+        for r in records:
+            if not r.skipped:
+                _update_meters(meters, r)
+                continue
+            bad = [k for k, v in r.values.items() if not math.isfinite(v)]
+            self.bad_steps += 1
+            if self.bad_steps > self.s.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"non-finite loss at iteration {r.iteration}: "
+                    f"{', '.join(f'{k} = {r.values[k]}' for k in bad)}; last good "
+                    f"checkpoint: {self.last_ckpt or 'none'} (solver.max_bad_steps="
+                    f"{self.s.max_bad_steps} allows skipping bad steps)")
+            log.warning("iteration %d: non-finite %s, step skipped (%d/%d)",
+                        r.iteration, bad, self.bad_steps, self.s.max_bad_steps)
+        return bool(records) and records[-1].skipped
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -264,26 +301,34 @@ class Trainer:
                  self.start_iter, s.max_iter, s.ims_per_batch, self.world, s.accumulate_steps)
         self.model.train()
         it, stopped_early, t_start = self.start_iter, False, time.perf_counter()
+        pending = PendingLosses(("loss", *LOSS_NAMES))
         with StopFlag() as stop:
             while it < s.max_iter:
-                result = self.step(it, batches, stop)
-                applied = self.apply_gradients(it, result)
+                result = self.step(it, batches)
+                self.apply_gradients(result)
+                pending.add(it, result.losses, result.skip, result.seconds, result.data_seconds)
                 it += 1
-                if not applied:  # a skipped step is not logged, checkpointed or evaluated
-                    continue
-                _update_meters(meters, result)
-                if it % config.log_period == 0 or it == s.max_iter or it == self.start_iter + 1:
+                stopping = self._stop_vote(stop)
+                save_due = bool(s.checkpoint_period) and it % s.checkpoint_period == 0
+                eval_due = it < s.max_iter and _eval_due(config, it, iters_per_epoch)
+                log_due = (it % config.log_period == 0 or it == s.max_iter
+                           or it == self.start_iter + 1)
+                if not (log_due or stopping or save_due or eval_due):
+                    continue  # nothing needs the losses on the host yet
+                if self._read_losses(pending, meters):
+                    continue  # a skipped step is not logged, checkpointed or evaluated
+                if log_due:
                     self._log(it, result.lr, meters, writer, loader)
-                if result.stop:
+                if stopping:
                     self.save(it)
                     log.warning("stopped by %s at iteration %d; rerun to resume",
                                 f"signal {stop.signal}" if stop.signal
                                 else "a signal on another rank", it)
                     writer.close()
                     return metrics
-                if s.checkpoint_period and it % s.checkpoint_period == 0 and it < s.max_iter:
+                if save_due and it < s.max_iter:
                     self.save(it)
-                if it < s.max_iter and _eval_due(config, it, iters_per_epoch):
+                if eval_due:
                     metrics = self._evaluate(it, writer)
                     if _reached_target(metrics, config):
                         _log_target(it, metrics, config)
@@ -399,7 +444,7 @@ def _check_same_categories(state: dict, table, path: str) -> None:
             "with --config.init.weights")
 
 
-def _update_meters(meters: dict, result: StepResult) -> None:
+def _update_meters(meters: dict, result: StepRecord) -> None:
     for k, v in result.values.items():
         meters[k].update(v)
     meters["time"].update(result.seconds)

@@ -63,3 +63,72 @@ def test_adamw():
     s = _solver(optimizer="adamw", base_lr=1e-3)
     opt = solver.build_optimizer(_Net(), s)
     assert isinstance(opt, torch.optim.AdamW)
+
+
+# ----------------------------------------------------------------------------- the fused step
+
+
+def _steps(fused: bool, state_layout=None, opt="adamw", skip=(False, False, False)):
+    """Three optimizer steps on a channels_last conv weight; returns (weight, optimizer)."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(8, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+    o = (torch.optim.AdamW([p], lr=0.1, fused=fused) if opt == "adamw"
+         else torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=fused))
+    for i in range(3):
+        g = torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(i))
+        p.grad = g.contiguous(memory_format=torch.channels_last)
+        if i == 1 and state_layout is not None:  # a state loaded in another layout
+            for k, v in o.state[p].items():
+                if v.dim() == 4:
+                    o.state[p][k] = v.contiguous(memory_format=state_layout)
+        if fused:
+            o.found_inf = torch.tensor(float(skip[i]))
+            solver.align_layouts(o)
+        elif skip[i]:
+            continue
+        o.step()
+    return p.detach(), o
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_fused_step_matches_foreach_when_layouts_are_aligned(opt):
+    ref, _ = _steps(False, opt=opt)
+    got, _ = _steps(True, torch.contiguous_format, opt=opt)  # misaligned state: realigned
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_misaligned_state_is_what_align_layouts_prevents(monkeypatch):
+    """Without the realignment the fused kernel pairs the wrong elements (a silent error)."""
+    monkeypatch.setattr(solver, "align_layouts", lambda o: None)
+    ref, _ = _steps(False)
+    got, _ = _steps(True, torch.contiguous_format)
+    assert (got - ref).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_found_inf_skips_the_step_on_the_device(opt):
+    """A flagged step leaves the weight, the moments and the step count as they were: the
+    same as not calling step() at all."""
+    ref, ro = _steps(False, opt=opt, skip=(False, True, False))
+    got, go = _steps(True, opt=opt, skip=(False, True, False))
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    if opt == "adamw":
+        assert float(go.state[next(iter(go.state))]["step"]) == 2
+
+
+def test_mark_updated_bumps_versions_the_fused_step_does_not():
+    p = nn.Parameter(torch.randn(4, 4))
+    p.grad = torch.randn(4, 4)
+    o = torch.optim.AdamW([p], fused=True)
+    before = p._version
+    o.step()
+    assert p._version == before  # the reason mark_updated exists
+    solver.mark_updated(o)
+    assert p._version > before
+
+
+def test_build_optimizer_is_fused():
+    m = nn.Conv2d(3, 4, 3)
+    for name in ("sgd", "adamw"):
+        o = solver.build_optimizer(m, _solver(optimizer=name))
+        assert all(g["fused"] for g in o.param_groups)
