@@ -11,7 +11,8 @@ Budget (configs/shapes.py:tiny model, 2 images, one step after a warm-up step), 
 - inference forward: at most INFER_BUDGET = 6: the same 2 in the RPN, 3 in
   postprocess.box_detections (2 nonzero, 1 NMS), and 1 in the model: reading how many
   detections each image has, to split them into per-image results. Before: 14.
-The training loop's read of the losses and the optimizer are not part of these counts.
+The training loop around the step (its one read of the losses per log period, the fused
+optimizer's device-side skip) is counted in tests/engine/test_train_syncs.py.
 """
 
 from __future__ import annotations
