@@ -1,9 +1,11 @@
 """The eager DeployModel equals the ordinary inference path (data pipeline + model + pasting)."""
 
+import pytest
 import torch
 
 from mrcnn.data.collate import collate_images
 from mrcnn.data.transforms import preprocess
+from mrcnn.export import program
 from mrcnn.export.wrapper import DeployModel
 from mrcnn.modeling.postprocess import detections_to_original
 from tests.export.conftest import make_images
@@ -36,3 +38,39 @@ def test_deploy_model_equals_ordinary_inference(tiny_model, tiny_config):
             assert torch.equal(labels[sel], det.labels)
             assert torch.equal(masks[sel], det.masks)
             assert masks.shape[-2:] == size
+
+
+def test_features_equal_the_backbone(tiny_model, tiny_config):
+    """DeployModel.features (P6 by slicing) is model.backbone bit for bit, for P5 sizes of either
+    parity (canvases 160x224 -> P5 5x7, 128x256 -> P5 4x8)."""
+    wrapper = DeployModel(tiny_model, tiny_config.input).eval()
+    g = torch.Generator().manual_seed(3)
+    for h, w in ((160, 224), (128, 256)):
+        x = torch.randn(2, 3, h, w, generator=g)
+        with torch.inference_mode():
+            got, want = wrapper.features(x), tiny_model.backbone(x)
+        assert len(got) == len(want) == 5
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_program_accepts_canvases_of_either_parity(tiny_model, tiny_config):
+    """One exported program runs images whose padded canvas has an odd or even number of 32 px
+    cells on either side (torch 2.11's pooling shape function guarded on that parity), and
+    equals the eager wrapper there."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.input.min_size_test, cfg.input.max_size_test = 160, 256
+    wrapper = DeployModel(tiny_model, cfg.input).eval()
+    module = program.export_program(wrapper, cfg.input).module()
+    # Canvas cells (h, w) / 32: (5, 7), (5, 8), (8, 5), (4, 8).
+    sizes = ((160, 224), (100, 150), (250, 170), (120, 256))
+    cells = {tuple(c // 32 for c in program.resized_canvas(h, w, cfg.input)[1]) for h, w in sizes}
+    assert {(a % 2, b % 2) for a, b in cells} == {(1, 1), (1, 0), (0, 1), (0, 0)}
+    for k, size in enumerate(sizes):
+        images = torch.stack(make_images([size] * (k % 2 + 1), seed=k))
+        with torch.inference_mode():
+            want = wrapper(images)
+        got = module(images)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
