@@ -90,9 +90,23 @@ def at_cut(score: float, w: dict, g: dict, tol: dict | None, score_thresh, topk)
     return False
 
 
-def _unmatched(fig: dict, image: int, name: str, det: dict, idx: list[int], w: dict, g: dict,
+def _nearest(det: dict, k: int, other: dict) -> dict:
+    """How far detection k is from the other side's closest box of its label (None: none):
+    says whether a miss is a tolerance exceeded or a detection only one side has."""
+    same = other["labels"] == det["labels"][k]
+    if not bool(same.any()):
+        return {"nearest_box_px": None, "nearest_score": None}
+    d = (other["boxes"][same].double() - det["boxes"][k].double()).abs().amax(-1)
+    m = int(torch.argmin(d))
+    return {"nearest_box_px": float(d[m]),
+            "nearest_score": abs(float(other["scores"][same][m]) - float(det["scores"][k]))}
+
+
+def _unmatched(fig: dict, image: int, name: str, idx: list[int], w: dict, g: dict,
                tol: dict | None, cut: dict) -> None:
-    """Counts (and lists, up to MAX_LISTED) the unmatched detections `idx` of one side."""
+    """Counts (and lists, up to MAX_LISTED) the unmatched detections `idx` of side `name`
+    ("want": w, "got": g)."""
+    det, other = (w, g) if name == "want" else (g, w)
     fig["unmatched_" + name] += len(idx)
     for k in idx:
         s = float(det["scores"][k])
@@ -101,7 +115,7 @@ def _unmatched(fig: dict, image: int, name: str, det: dict, idx: list[int], w: d
         if len(fig["unmatched"]) < MAX_LISTED:
             fig["unmatched"].append({"image": image, "side": name, "label": int(det["labels"][k]),
                                      "score": s, "box": [float(v) for v in det["boxes"][k]],
-                                     "at_cut": ok})
+                                     "at_cut": ok, **_nearest(det, k, other)})
 
 
 def _compare_image(fig: dict, image: int, w: dict, g: dict, tol: dict | None,
@@ -112,9 +126,9 @@ def _compare_image(fig: dict, image: int, w: dict, g: dict, tol: dict | None,
     pairs = match(w, g, tol)
     fig["matched"] += len(pairs)
     mw, mg = {i for i, _ in pairs}, {j for _, j in pairs}
-    _unmatched(fig, image, "want", w, [i for i in range(w["labels"].numel()) if i not in mw],
+    _unmatched(fig, image, "want", [i for i in range(w["labels"].numel()) if i not in mw],
                w, g, tol, cut)
-    _unmatched(fig, image, "got", g, [j for j in range(g["labels"].numel()) if j not in mg],
+    _unmatched(fig, image, "got", [j for j in range(g["labels"].numel()) if j not in mg],
                w, g, tol, cut)
     if not pairs:
         return None

@@ -100,6 +100,11 @@ def test_a_changed_detection_fails(change):
     else:
         assert (fig["matched"], fig["unmatched_want"], fig["unmatched_got"]) == (2, 1, 1)
         assert fig["unmatched_not_at_cut"] == 2
+    if change == "box":  # the sidecar says by how much the closest candidate missed
+        near = [u["nearest_box_px"] for u in fig["unmatched"]]
+        assert near == [pytest.approx(2e-3, rel=1e-2)] * 2
+    if change == "label":  # no detection of the changed label on the other side
+        assert [u["nearest_box_px"] for u in fig["unmatched"]] == [None, None]
 
 
 def test_ungated_figures_measure_the_nearest_pair():
