@@ -19,7 +19,10 @@ state-dict keys; `unpack_convolutions` gives every module its class back.
 
 ResNet blocks and stems whose norms are all FrozenBN (`fuse_frozen_blocks`): without autograd,
 each conv + FrozenBN (+ ReLU) is one packed convolution, the norm folded into the weight and
-bias and the ReLU a oneDNN post-op; two to three passes over every activation are saved.
+bias and the ReLU a oneDNN post-op; two to three passes over every activation are saved. With
+autograd (the trained stages) the norm is folded per call into the weight that `conv2d` gets
+(`W * s`, bias `t`): the gradient reaches W through that product, and the activation is not
+scaled and shifted forward nor scaled backward.
 
 The box head's fc6 (`MLPHead.fc.0`, 256*7*7 -> 1024 on every sampled RoI, ~1/6 of an R50-FPN
 training step) is a 7x7 "valid" convolution of the pooled [R, 256, 7, 7] features with the
@@ -115,35 +118,49 @@ def _frozen(norm: nn.Module) -> bool:
     return isinstance(norm, FrozenBatchNorm2d)
 
 
-def _fused_uses_packed(block: nn.Module, x: Tensor) -> bool:
-    return all(_uses_packed(m, x) for m in block.modules() if isinstance(m, nn.Conv2d))
+def _foldable(conv: nn.Conv2d, x: Tensor) -> bool:
+    """With autograd: CPU float32 without autocast, the conditions of the packed path but for
+    the gradient."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+
+
+def _conv_norm(conv: nn.Conv2d, x: Tensor, norm: nn.Module, relu: bool) -> Tensor:
+    """conv -> FrozenBN (-> ReLU) as one convolution: packed without autograd; with autograd
+    `conv2d(x, W * s, t)`, the norm folded into the weight per call (a pass over a weight
+    instead of two passes over the activation forward and one backward; the gradient reaches
+    W through the product). Else the separate ops."""
+    if _uses_packed(conv, x):
+        return _packed_conv(conv, x, norm, "relu" if relu else "none")
+    if _foldable(conv, x):
+        scale = norm.weight.reshape(-1, 1, 1, 1)
+        w = conv.weight * scale  # keeps the weight's memory format (channels_last or not)
+        b = norm.bias if conv.bias is None else conv.bias * norm.weight + norm.bias
+        y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    else:
+        y = norm(conv(x))
+    return F.relu_(y) if relu else y
 
 
 def _bottleneck_forward(self: nn.Module, x: Tensor) -> Tensor:
-    if not _fused_uses_packed(self, x):
-        return self._onednn_base.forward(self, x)
-    y = _packed_conv(self.conv1, x, self.norm1, "relu")
-    y = _packed_conv(self.conv2, y, self.norm2, "relu")
-    y = _packed_conv(self.conv3, y, self.norm3)
+    y = _conv_norm(self.conv1, x, self.norm1, True)
+    y = _conv_norm(self.conv2, y, self.norm2, True)
+    y = _conv_norm(self.conv3, y, self.norm3, False)
     s = self.shortcut
-    identity = x if s is None else _packed_conv(s.conv, x, s.norm)
+    identity = x if s is None else _conv_norm(s.conv, x, s.norm, False)
     return F.relu_(y.add_(identity))
 
 
 def _basic_block_forward(self: nn.Module, x: Tensor) -> Tensor:
-    if not _fused_uses_packed(self, x):
-        return self._onednn_base.forward(self, x)
-    y = _packed_conv(self.conv1, x, self.norm1, "relu")
-    y = _packed_conv(self.conv2, y, self.norm2)
+    y = _conv_norm(self.conv1, x, self.norm1, True)
+    y = _conv_norm(self.conv2, y, self.norm2, False)
     s = self.shortcut
-    identity = x if s is None else _packed_conv(s.conv, x, s.norm)
+    identity = x if s is None else _conv_norm(s.conv, x, s.norm, False)
     return F.relu_(y.add_(identity))
 
 
 def _stem_forward(self: nn.Module, x: Tensor) -> Tensor:
-    if not _fused_uses_packed(self, x):
-        return self._onednn_base.forward(self, x)
-    y = _packed_conv(self.conv, x, self.norm, "relu")
+    y = _conv_norm(self.conv, x, self.norm, True)
     return F.max_pool2d(y, kernel_size=3, stride=2, padding=1)
 
 
@@ -168,10 +185,10 @@ def _switched(module: nn.Module) -> bool:
 
 
 def fuse_frozen_blocks(model: nn.Module) -> int:
-    """ResNet blocks and stems whose norms are all FrozenBN: without autograd, each conv + norm
-    (+ ReLU) runs as one packed oneDNN convolution (the norm folded into its weight and bias,
-    the ReLU a fused post-op), which saves two to three passes over every activation. Equal to
-    the unfused blocks up to rounding. Returns how many modules were switched."""
+    """ResNet blocks and stems whose norms are all FrozenBN: each conv + norm (+ ReLU) runs as
+    one convolution (`_conv_norm`: packed without autograd, the norm folded into the weight
+    with it). Equal to the unfused blocks up to rounding, gradients included. Returns how many
+    modules were switched."""
     from mrcnn.modeling.backbone import BasicBlock, Bottleneck, Stem
 
     n = 0
