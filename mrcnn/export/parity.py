@@ -29,11 +29,13 @@ from torch import Tensor
 
 # The tolerances for the torch artifacts (.pt2, AOTInductor: the same kernels).
 TORCH_TOLERANCES = {"box_px": 1e-3, "score": 1e-4, "mask_iou": 0.99}
-# ONNX Runtime: the same on boxes and scores, and on the mean mask IoU; the smallest IoU of one
+# ONNX Runtime: boxes within 2e-3 px (its convolutions sum in another order: float32 box
+# coordinates near 1000 px were measured up to 1.34e-3 px off on a random R-50, ~20 ulps), the
+# same on scores and on the mean mask IoU; the smallest IoU of one
 # mask can be lower: pasting truncates the grown box to integers (torchvision's rule), so a
 # box coordinate 1e-5 px away from eager's, across an integer, moves a whole mask by a pixel,
 # which costs a small mask several % of IoU.
-ONNX_TOLERANCES = dict(TORCH_TOLERANCES, mask_iou=0.9, mean_mask_iou=0.99)
+ONNX_TOLERANCES = dict(TORCH_TOLERANCES, box_px=2e-3, mask_iou=0.9, mean_mask_iou=0.99)
 # Unmatched detections listed in the figures (the sidecar of a rejected artifact says which).
 MAX_LISTED = 20
 
