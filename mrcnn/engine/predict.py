@@ -192,9 +192,8 @@ class _Detector:
         if config.predict.artifact:
             from mrcnn import export
 
-            if not os.path.isfile(config.predict.artifact):
-                raise FileNotFoundError(
-                    f"config.predict.artifact={config.predict.artifact!r} does not exist")
+            # Names a missing file, a folder, a missing sidecar or an unloadable file in one
+            # line (FileNotFoundError / ArtifactError: user errors, exit 2).
             self.artifact = export.load_artifact(config.predict.artifact)
             table = {int(c["label"]): (int(c["id"]), str(c["name"]))
                      for c in self.artifact.categories}
@@ -207,19 +206,39 @@ class _Detector:
         self.to_cat = categories.label_to_category_id
         self.names = label_names(categories, config.model.num_classes)
 
-    def __call__(self, batches, originals: dict[int, torch.Tensor]):
+    def __call__(self, batches, originals: dict[int, torch.Tensor],
+                 skipped: list[tuple[str, str]]):
         if self.artifact is None:
             yield from run_inference(self.built.model, batches, self.device, self.built.fast,
                                      stats=self.stats)
             return
         t0 = time.perf_counter()
         for batch in batches:
-            outs = self.artifact([originals[i.image_id] for i in batch.infos])
-            for info, o in zip(batch.infos, outs):
+            infos = self._runnable(batch.infos, originals, skipped)
+            outs = self.artifact([originals[i.image_id] for i in infos]) if infos else []
+            for info, o in zip(infos, outs):
                 yield info, Detections(o["boxes"], o["scores"], o["labels"], o["masks"])
-            self.stats.images += len(batch.infos)
+            self.stats.images += len(infos)
             self.stats.timed_images = self.stats.images
             self.stats.seconds = time.perf_counter() - t0
+
+    def _runnable(self, infos, originals, skipped) -> list[ImageInfo]:
+        """The images whose size the artifact's program accepts (sidecar sizes: canvas >= 96
+        px, sides <= 8192). The others are named and skipped like unreadable files: the eager
+        model runs any size, and one odd image must not stop an artifact's whole run."""
+        keep = []
+        for info in infos:
+            h, w = originals[info.image_id].shape[-2:]
+            try:
+                if self.artifact.check is not None:
+                    self.artifact.check(int(h), int(w))
+            except ValueError as e:
+                log.warning("predict: skipping %s (%s)", info.file_name, e)
+                skipped.append((info.file_name, f"ValueError: {e}"))
+                originals.pop(info.image_id)
+                continue
+            keep.append(info)
+        return keep
 
 
 def _share(config: ml_collections.ConfigDict) -> tuple[InputFiles, int, int]:
@@ -299,7 +318,7 @@ def predict(
     records: list[dict[str, Any]] = []
     done, log_every = 0, max(1, config.log_period) * config.test.ims_per_batch
     thresh = config.predict.score_thresh
-    for info, det in detect(batches(), originals):
+    for info, det in detect(batches(), originals, skipped):
         records.extend(prediction_records(info, det, detect.to_cat, thresh))
         original = originals.pop(info.image_id)
         if config.predict.draw:

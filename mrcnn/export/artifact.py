@@ -16,17 +16,29 @@ import types
 import torch
 
 from mrcnn.export.predictor import Predictor
+from mrcnn.weights import WeightsError
+
+
+class ArtifactError(WeightsError):
+    """An artifact file or sidecar that exists but cannot be loaded (not an export, damaged,
+    of another format). A WeightsError, so main.py reports it in one line (exit 2) as it does
+    an unreadable checkpoint, instead of a traceback from deep inside torch or onnxruntime."""
 
 
 def read_sidecar(path: str) -> dict:
     side = path + ".json"
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"config.predict.artifact={path!r} does not exist")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.predict.artifact={path!r} is not a file")
     if not os.path.isfile(side):
         raise FileNotFoundError(f"{side}: the artifact's sidecar is missing (written by "
                                 "--mode=export next to the artifact)")
-    with open(side) as f:
-        return json.load(f)
+    try:
+        with open(side) as f:
+            return json.load(f)
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ArtifactError(f"{side}: not a sidecar json: {e}") from e
 
 
 def load_operators(sidecar: dict, folder: str) -> None:
@@ -69,8 +81,16 @@ def load_artifact(path: str, max_batch: int = 8) -> Predictor:
     fmt = sidecar.get("format")
     if fmt in ("pt2", "aoti"):
         load_operators(sidecar, os.path.dirname(os.path.abspath(path)))
-    run_batch = run_batch_of(path, fmt)
-    input_cfg = types.SimpleNamespace(**sidecar["input"]["sizes"])
-    return Predictor(run_batch, max_batch=min(max_batch, sidecar["input"]["max_batch"]),
+    try:
+        run_batch = run_batch_of(path, fmt)
+        input_cfg = types.SimpleNamespace(**sidecar["input"]["sizes"])
+        limit = int(sidecar["input"]["max_batch"])
+    except Exception as e:
+        # Whatever torch.export, AOTInductor or onnxruntime raise on a file they cannot read
+        # (BadZipFile, RuntimeError, onnxruntime's InvalidProtobuf, which is a bare Exception),
+        # or a sidecar without its input keys: the user's file, named, not a traceback.
+        raise ArtifactError(f"{path}: cannot load it as the {fmt!r} artifact its sidecar "
+                            f"names: {type(e).__name__}: {e}") from e
+    return Predictor(run_batch, max_batch=min(max_batch, limit),
                      check=lambda h, w: check_size(h, w, input_cfg),
                      categories=sidecar.get("categories"))
