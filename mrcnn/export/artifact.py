@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import types
+import zipfile
 
 import torch
 
@@ -58,6 +59,11 @@ def load_operators(sidecar: dict, folder: str) -> None:
 
 def run_batch_of(path: str, fmt: str):
     """The same-size batch function of an artifact file."""
+    if fmt in ("pt2", "aoti") and not zipfile.is_zipfile(path):
+        # Both are zip archives; torch.export.load would log its own traceback of the failed
+        # read before raising, burying the one line that names the file.
+        raise ArtifactError(f"{path}: not a zip archive, so not a {fmt!r} artifact (damaged, "
+                            "or another file under its name)")
     if fmt == "pt2":
         module = torch.export.load(path).module()
         return lambda x: module(x)
@@ -85,6 +91,8 @@ def load_artifact(path: str, max_batch: int = 8) -> Predictor:
         run_batch = run_batch_of(path, fmt)
         input_cfg = types.SimpleNamespace(**sidecar["input"]["sizes"])
         limit = int(sidecar["input"]["max_batch"])
+    except ArtifactError:
+        raise  # already names the file and why
     except Exception as e:
         # Whatever torch.export, AOTInductor or onnxruntime raise on a file they cannot read
         # (BadZipFile, RuntimeError, onnxruntime's InvalidProtobuf, which is a bare Exception),
