@@ -92,7 +92,7 @@ class DeployModel(nn.Module):
         # image_sizes_tensor's float32 [B, 2] from (possibly symbolic) ints.
         one = torch.ones((), dtype=torch.float32, device=x.device)
         image_hw = torch.stack([one * size[0], one * size[1]]).expand(b, 2)
-        feats = self.features(x)
+        feats = m.backbone(x)
         logits, deltas = m.rpn(feats)
         objectness, rpn_deltas, level_sizes = flatten_outputs(logits, deltas)
         anchors = self.anchors(x.shape[-2:], [f.shape[-2:] for f in feats])
@@ -109,25 +109,6 @@ class DeployModel(nn.Module):
         pooled = self.pool(roi_feats, boxes, img, mh.pooler_resolution, mh.sampling_ratio)
         masks = m.mask_predictor(m.mask_head(pooled), labels).sigmoid()
         return boxes, scores, labels, img, masks
-
-    def features(self, x: Tensor) -> list[Tensor]:
-        """m.backbone(x): [P2 .. P6], with P6 = P5[..., ::2, ::2] instead of the FPN's
-        max_pool2d(P5, kernel 1, stride 2): the same values (a max over one element) and the same
-        size ceil(P5 / 2). The pooling's shape function in torch 2.11 (div_rtn) tests the
-        remainder of (P5 - 1) / 2, which under export becomes a guard on the canvas's parity in
-        units of 32 px: the program would then reject half of all image sizes."""
-        fpn = self.model.backbone.fpn
-        feats = self.model.backbone.body(x)
-        # FPN.forward (mrcnn/modeling/fpn.py) up to its last level, op for op.
-        last = fpn.lateral[-1](feats[-1])
-        outs = [fpn.output[-1](last)]
-        for i in range(len(feats) - 2, -1, -1):
-            lateral = fpn.lateral[i](feats[i])
-            top_down = F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
-            last = lateral.add_(top_down)
-            outs.insert(0, fpn.output[i](last))
-        outs.append(outs[-1][..., ::2, ::2])
-        return outs
 
     def pool(self, feats, boxes, batch_idx, resolution: int, sampling_ratio: int) -> Tensor:
         """poolers.roi_pool with the levels' true scales 1/4 .. 1/32 (what torchvision's

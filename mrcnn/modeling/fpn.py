@@ -1,8 +1,12 @@
 """Feature Pyramid Network: P2..P5 from res2..res5 by a top-down path, P6 by subsampling P5.
 
 The arithmetic is torchvision's FeaturePyramidNetwork + LastLevelMaxPool (nearest upsampling to
-the lateral's size, lateral + top-down in that order, P6 = max_pool2d(P5, 1, stride 2)), so its
-weights give identical features.
+the lateral's size, lateral + top-down in that order, P6 = every second pixel of P5), so its
+weights give identical features. P6 is sliced (`P5[..., ::2, ::2]`), not pooled as torchvision's
+`max_pool2d(P5, 1, stride 2)`: the same values (a max over one element) and size ceil(P5 / 2),
+but torch 2.11's pooling shape function tests the remainder of (P5 - 1) / 2, which under
+torch.export became a guard on the canvas's parity in 32 px cells (the exported program then
+rejected 3 of 4 image sizes).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class FPN(nn.Module):
             top_down = F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
             last = lateral.add_(top_down)  # the lateral conv's fresh output
             outs.insert(0, self.output[i](last))
-        outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2, padding=0))
+        outs.append(outs[-1][..., ::2, ::2].clone())  # a tensor of its own, not a view of P5
         return outs
 
 
