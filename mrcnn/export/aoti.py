@@ -13,12 +13,23 @@ import os
 
 import torch
 
+# Inductor's layout optimisation is off: it feeds the mask head's convolutions channels_last
+# inputs, and their batch is the data-dependent number of detections (an unbacked size). For
+# such a tensor Inductor cannot decide the memory format the convolution will return and plans
+# the next kernels for a contiguous output, while the convolution returns channels_last. The
+# package checks no strides at run time, so every mask was computed from scrambled features
+# (mask IoU ~0.75 against eager, boxes and scores unaffected). Without it the convolutions keep
+# the .pt2 program's contiguous layout (tests/export/test_aoti_ops.py).
+INDUCTOR_CONFIGS = {"layout_optimization": False}
 
-def compile_package(ep: torch.export.ExportedProgram, path: str) -> str:
-    """aoti_compile_and_package of `ep` for its device (the CPU here) into `path`."""
+
+def compile_package(ep: torch.export.ExportedProgram, path: str, **configs) -> str:
+    """aoti_compile_and_package of `ep` for its device (the CPU here) into `path`;
+    `configs`: further torch._inductor.config settings (INDUCTOR_CONFIGS always apply)."""
     if os.path.exists(path):
         os.remove(path)  # the packager appends to an existing zip
-    return torch._inductor.aoti_compile_and_package(ep, package_path=path)
+    return torch._inductor.aoti_compile_and_package(
+        ep, package_path=path, inductor_configs={**configs, **INDUCTOR_CONFIGS})
 
 
 def load_package(path: str):
