@@ -6,7 +6,8 @@ layout optimisation gave its convolutions channels_last inputs; for a tensor wit
 size it cannot decide the memory format the convolution returns, planned the next kernels for
 a contiguous output, and the convolution returned channels_last. torch.compile's Python wrapper
 catches that (an assert_size_stride error); the AOTInductor package checks no strides and read
-scrambled features (without the fix both tests fail, the package's probabilities off by up to 0.8). mrcnn.export.aoti.INDUCTOR_CONFIGS turns the layout optimisation off.
+scrambled features. mrcnn.export.aoti.INDUCTOR_CONFIGS turns the layout optimisation off; without
+it both tests fail (the package's probabilities were off by up to 0.8).
 """
 
 import os
