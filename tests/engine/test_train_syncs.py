@@ -64,7 +64,7 @@ def _loop_syncs(counter: SyncCounter) -> list[str]:
     return [where for _, where in counter.events if where.startswith("engine/")]
 
 
-def test_training_loop_reads_the_losses_once_per_log_period(tmp_path, monkeypatch, caplog):
+def test_training_loop_reads_the_losses_once_per_log_period(tmp_path, monkeypatch):
     t = _trainer_on_stand_in_device(tmp_path, monkeypatch)
     with SyncCounter() as c:
         t.run()
@@ -83,21 +83,28 @@ def test_non_finite_step_is_skipped_on_the_device_and_reported_at_the_next_read(
         tmp_path, monkeypatch, caplog):
     t = _trainer_on_stand_in_device(tmp_path, monkeypatch, nan_at={4})
     t.s.max_bad_steps = 1
-    before = {}
+    before, after = {}, {}
+    step, apply = t.step, t.apply_gradients
 
-    def snapshot(it, batches):
+    def snapshot_step(it, batches):
         if it == 4:
             before.update({n: p.inner.clone() for n, p in t.model.named_parameters()})
         return step(it, batches)
 
-    step = t.step
-    monkeypatch.setattr(t, "step", snapshot)
+    def snapshot_apply(result):
+        apply(result)
+        if not after and before:  # right after step 4's optimizer step
+            after.update({n: p.inner.clone() for n, p in t.model.named_parameters()})
+
+    monkeypatch.setattr(t, "step", snapshot_step)
+    monkeypatch.setattr(t, "apply_gradients", snapshot_apply)
     with SyncCounter() as c:
         t.run()
     assert "iteration 4: non-finite" in caplog.text and "(1/1)" in caplog.text
     assert len(_loop_syncs(c)) == 4  # still only the reads of the log lines
     # Step 4 changed nothing; the steps after it trained on.
     assert t.bad_steps == 1
+    assert all(torch.equal(before[n], after[n]) for n in before)
     after_skip = {n: p.inner for n, p in t.model.named_parameters()}
     assert any(not torch.equal(before[n], after_skip[n]) for n in before)
     assert all(torch.isfinite(v).all() for v in after_skip.values())
