@@ -212,7 +212,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --------------------------------------------------------------- bench
     c.bench = ml_collections.ConfigDict()
-    c.bench.mode = "both"  # train | infer | both
+    c.bench.mode = "both"  # train | infer | both | artifacts (eager vs exported ones only)
     c.bench.iters = 20
     c.bench.warmup = 5
     c.bench.batch_size = 2
@@ -226,6 +226,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict()
     c.export.dir = "export"
     c.export.formats = ("pt2", "aoti", "onnx")  # torch.export program, AOTInductor package, ONNX
+    # bfloat16: the network (backbone, FPN, heads) under autocast inside the program, box maths,
+    # NMS and pasting in float32; pt2 and aoti only (onnxruntime's CPU provider has no bfloat16
+    # convolution). Parity is against the eager model in the same dtype.
+    c.export.dtype = "float32"
     c.export.mask_threshold = 0.5  # pasted masks are probabilities > this (as eval/predict)
     c.export.max_batch = 8  # images per call of an artifact's predictor (the program allows 64)
     c.export.parity_val_images = 4  # data.val images added to the synthetic parity set (0: none)

@@ -20,6 +20,7 @@ import torch
 
 from mrcnn import dist
 from mrcnn.build import Built, build
+from mrcnn.config_check import ConfigError
 from mrcnn.data.collate import fixed_shape, pad_images_to
 from mrcnn.fileio import write_json_atomic
 from mrcnn.precision import autocast
@@ -255,23 +256,33 @@ def _time_row(su: _Setup, mode: str, dtype: str) -> dict:
     return row
 
 
+MODES = {"both": ("train", "infer"), "train": ("train",), "infer": ("infer",), "artifacts": ()}
+
+
 def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device) -> dict:
-    """Times training and inference of ours (and torchvision's) for each `bench.dtypes`; writes
-    `bench.json` into the workdir and prints the table."""
+    """Times training and inference of ours (and torchvision's) for each `bench.dtypes`, and
+    eager against each artifact when the workdir holds an export (`bench.mode="artifacts"`:
+    only that); writes `bench.json` into the workdir and prints the tables."""
     b = config.bench
-    su = _setup(config, device)
+    if b.mode not in MODES:
+        raise ConfigError(f"config.bench.mode={b.mode!r}: expected one of {tuple(MODES)}")
     results: dict = {
         "config": config.name, "device": str(device), "batch_size": b.batch_size,
-        "image_size": list(b.image_size), "variant": su.built.fast.describe(),
-        "padded_size": list(su.images.tensor.shape[-2:]), "torch": torch.__version__,
+        "image_size": list(b.image_size), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"CPU x{os.cpu_count()}", "runs": []}
-    modes = ("train", "infer") if b.mode == "both" else (b.mode,)
-    for dtype in b.dtypes:
-        for mode in modes:
-            results["runs"].append(_time_row(su, mode, dtype))
+    if MODES[b.mode]:
+        su = _setup(config, device)
+        results.update(variant=su.built.fast.describe(),
+                       padded_size=list(su.images.tensor.shape[-2:]))
+        for dtype in b.dtypes:
+            for mode in MODES[b.mode]:
+                results["runs"].append(_time_row(su, mode, dtype))
     artifacts = os.path.join(workdir, config.export.dir)
+    if b.mode == "artifacts" and not os.path.isdir(artifacts):
+        raise ConfigError(f"config.bench.mode='artifacts': {artifacts} holds no export (run "
+                          "--mode=export first)")
     if os.path.isdir(artifacts) and dist.is_main():
         # The workdir holds exported artifacts (--mode=export): eager vs each, side by side.
         from mrcnn.export.bench import bench_artifacts, table
@@ -280,7 +291,8 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
         print(table(results["artifacts"]))
     if dist.is_main():
         write_json_atomic(os.path.join(workdir, "bench.json"), results, indent=2)
-        print(format_table(results))
+        if results["runs"]:
+            print(format_table(results))
     return results
 
 

@@ -19,21 +19,31 @@ from mrcnn.export.artifact import load_artifact
 from mrcnn.export.runner import FILES, build_deploy_model
 
 
-def _runners(config, workdir: str, device) -> dict:
-    """name -> callable(list of images) for eager and each published artifact."""
-    deploy, _ = build_deploy_model(config, workdir, device)
+def _runners(config, workdir: str, device) -> tuple[dict, str]:
+    """(name -> callable(list of images) for eager and each published artifact, the dtype
+    they were exported in: eager runs in it too)."""
+    from mrcnn.export.artifact import read_sidecar
     from mrcnn.export.predictor import Predictor
 
-    out = {"eager": Predictor(deploy, max_batch=64)}
     folder = os.path.join(workdir, config.export.dir)
+    found = {}
     for fmt in config.export.formats:
         path = os.path.join(folder, FILES[fmt].format(device=torch.device(device).type))
         if os.path.isfile(path):
-            out[fmt] = load_artifact(path, max_batch=64)
-    if len(out) == 1:
+            found[fmt] = path
+    if not found:
         raise FileNotFoundError(f"{folder}: no exported artifacts to time (run --mode=export "
                                 "first)")
-    return out
+    dtypes = {f: read_sidecar(p).get("dtype", "float32") for f, p in found.items()}
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"{folder}: artifacts of different dtypes ({dtypes}): export each "
+                         "dtype into its own config.export.dir")
+    dtype = next(iter(dtypes.values()))
+    deploy, _ = build_deploy_model(config, workdir, device)
+    deploy.dtype = dtype  # eager in the artifacts' dtype, whatever export.dtype says now
+    out = {"eager": Predictor(deploy, max_batch=64)}
+    out.update({fmt: load_artifact(path, max_batch=64) for fmt, path in found.items()})
+    return out, dtype
 
 
 def time_interleaved(runners: dict, images: list, rounds: int, warmup: int = 1) -> dict:
@@ -57,11 +67,13 @@ def time_interleaved(runners: dict, images: list, rounds: int, warmup: int = 1) 
 
 
 def bench_artifacts(config, workdir: str, device) -> dict:
-    """images/s of eager and each artifact in <workdir>/<export.dir>, float32, at the batch
-    sizes of export.bench_batches on synthetic images of bench.image_size."""
-    runners = _runners(config, workdir, device)
+    """images/s of eager and each artifact in <workdir>/<export.dir>, in the dtype they were
+    exported in (their sidecars'), at the batch sizes of export.bench_batches on synthetic
+    images of bench.image_size."""
+    runners, dtype = _runners(config, workdir, device)
     h, w = (int(v) for v in config.bench.image_size)
-    result = {"image_size": [h, w], "dtype": "float32", "threads": torch.get_num_threads(),
+    result = {"image_size": [h, w], "dtype": dtype,
+              "threads": torch.get_num_threads(),
               "rounds": int(config.export.bench_iters), "batches": {}}
     for b in config.export.bench_batches:
         images = parity.synthetic_images([(h, w)] * int(b), seed=int(b))
@@ -71,8 +83,10 @@ def bench_artifacts(config, workdir: str, device) -> dict:
 
 def table(result: dict) -> str:
     """The markdown table of one bench_artifacts result."""
-    rows = ["| batch | runtime | images/s | time vs eager |", "| ---: | --- | ---: | ---: |"]
+    rows = ["| batch | runtime | dtype | images/s | time vs eager |",
+            "| ---: | --- | --- | ---: | ---: |"]
     for b, per in result["batches"].items():
         for name, r in per.items():
-            rows.append(f"| {b} | {name} | {r['images_per_s']:.2f} | {r['time_vs_eager']:.2f} |")
+            rows.append(f"| {b} | {name} | {result['dtype']} | {r['images_per_s']:.3f} | "
+                        f"{r['time_vs_eager']:.3f} |")
     return "\n".join(rows)

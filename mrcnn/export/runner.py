@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("pt2", "aoti", "onnx")
 FILES = {"pt2": "model.pt2", "aoti": "model_aoti_{device}.pt2", "onnx": "model.onnx"}
 OPS_LIBRARY = "mrcnn_ops.so"
+DTYPES = ("float32", "bfloat16")
 
 
 def build_deploy_model(config, workdir: str, device) -> tuple[DeployModel, object]:
@@ -43,7 +44,8 @@ def build_deploy_model(config, workdir: str, device) -> tuple[DeployModel, objec
     else:
         built = build(config, torch.device(device), "export", workdir)
         model = built.model
-    deploy = DeployModel(model, config.input, mask_threshold=config.export.mask_threshold)
+    deploy = DeployModel(model, config.input, mask_threshold=config.export.mask_threshold,
+                         dtype=str(config.export.dtype))
     return deploy.eval(), built
 
 
@@ -91,10 +93,16 @@ def parity_set(config) -> list[list[torch.Tensor]]:
     return batches + ([extra] if extra else [])
 
 
-def check_formats(formats) -> list[str]:
+def check_formats(formats, dtype: str = "float32") -> list[str]:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ConfigError(f"config.export.formats={tuple(formats)!r}: expected some of {FORMATS}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"config.export.dtype={dtype!r}: expected one of {DTYPES}")
+    if dtype == "bfloat16" and "onnx" in formats:
+        raise ConfigError("config.export.dtype='bfloat16' with config.export.formats containing "
+                          "'onnx': onnxruntime's CPU provider has no bfloat16 convolution; set "
+                          "--config.export.formats=pt2,aoti")
     return list(formats)
 
 
@@ -151,7 +159,7 @@ def run(config, workdir: str, device) -> dict:
     """--mode=export: writes the artifacts of config.export.formats -> per format its path,
     parity figures, whether it passed and the seconds it took. Raises RuntimeError after
     writing when an artifact failed parity."""
-    formats = check_formats(config.export.formats)
+    formats = check_formats(config.export.formats, str(config.export.dtype))
     deploy, built = build_deploy_model(config, workdir, device)
     out_dir = os.path.join(workdir, config.export.dir)
     os.makedirs(out_dir, exist_ok=True)

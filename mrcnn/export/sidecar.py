@@ -1,7 +1,7 @@
 """The json written next to each artifact (`<artifact>.json`): what a deployment needs to know.
 
 format, the config name, the category table (label -> category id -> name), the input
-convention and the sizes the pre-processing uses, the outputs, the versions of the libraries
+convention and the sizes the pre-processing uses, the outputs, the network's dtype, the versions of the libraries
 that made it, and the parity figures measured at export against the eager model.
 """
 
@@ -65,6 +65,7 @@ def make_sidecar(fmt: str, config, categories: list[dict], parity: dict, toleran
         },
         "outputs": {"names": list(OUTPUT_NAMES), "convention": OUTPUT_CONVENTION},
         "mask_threshold": float(config.export.mask_threshold),
+        "dtype": str(config.export.dtype),
         "ops_library": ops_library,
         "versions": versions(),
         "parity": {"figures": parity, "tolerances": tolerances},

@@ -10,6 +10,9 @@ dynamic.
 Input convention: `images` uint8 [B, 3, H, W], RGB, B images of one size (a camera stream, or
 the images of a list grouped by size, `split_by_size`). Equal sizes are what make B and (H, W)
 free: the resize and the padded canvas depend only on (H, W), never on tensor values.
+With `dtype="bfloat16"` the network (backbone, FPN, RPN head, box and mask heads) runs under
+torch.autocast, entered inside `forward` so the exported program carries it; box decoding, NMS,
+RoIAlign's accumulation and the pasting stay float32, and the outputs are those of float32.
 Outputs, flat over the batch and ordered by image, then by decreasing score:
   boxes float32 [D, 4] xyxy in original pixels, scores float32 [D], labels int64 [D] (model
   labels, 1..num_classes-1), batch_idx int64 [D], masks uint8 [D, H, W] (0/1).
@@ -36,7 +39,8 @@ class DeployModel(nn.Module):
     `config.input` (test sizes, pixel mean/std, to_bgr255, size_divisibility).
     """
 
-    def __init__(self, model: nn.Module, input_cfg, mask_threshold: float = 0.5):
+    def __init__(self, model: nn.Module, input_cfg, mask_threshold: float = 0.5,
+                 dtype: str = "float32"):
         super().__init__()
         if not getattr(model, "use_fpn", False) or not getattr(model, "mask_on", False):
             raise ValueError("export supports FPN models with the mask head (model.backbone.fpn"
@@ -47,6 +51,9 @@ class DeployModel(nn.Module):
         self.divisibility = max(int(input_cfg.size_divisibility), 1)
         self.to_bgr255 = bool(input_cfg.to_bgr255)
         self.mask_threshold = float(mask_threshold)
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"DeployModel dtype {dtype!r}: expected float32 or bfloat16")
+        self.dtype = dtype
         # Buffers, not constants: they travel with the program's weights.
         self.register_buffer("mean", torch.tensor(input_cfg.pixel_mean, dtype=torch.float32)
                              .view(1, 3, 1, 1), persistent=False)
@@ -78,6 +85,11 @@ class DeployModel(nn.Module):
         return F.pad(x, (0, wc - w, 0, hc - h)), (h, w)
 
     # ------------------------------------------------------------------ the model
+    def network(self, x: Tensor):
+        """The autocast region of the network parts (a no-op context for float32)."""
+        return torch.autocast(x.device.type, dtype=torch.bfloat16,
+                              enabled=self.dtype == "bfloat16")
+
     def anchors(self, canvas: tuple, grids: list) -> Tensor:
         cells = [getattr(self, f"cell{i}") for i in range(self.num_levels)]
         return torch.cat([
@@ -92,8 +104,10 @@ class DeployModel(nn.Module):
         # image_sizes_tensor's float32 [B, 2] from (possibly symbolic) ints.
         one = torch.ones((), dtype=torch.float32, device=x.device)
         image_hw = torch.stack([one * size[0], one * size[1]]).expand(b, 2)
-        feats = m.backbone(x)
-        logits, deltas = m.rpn(feats)
+        with self.network(x):
+            feats = m.backbone(x)
+            logits, deltas = m.rpn(feats)
+        logits, deltas = [t.float() for t in logits], [t.float() for t in deltas]
         objectness, rpn_deltas, level_sizes = flatten_outputs(logits, deltas)
         anchors = self.anchors(x.shape[-2:], [f.shape[-2:] for f in feats])
         proposals, valid = graph.select_proposals(
@@ -103,11 +117,14 @@ class DeployModel(nn.Module):
         rois = proposals[bi, pi]
         bh, mh = cfg.box_head, cfg.mask_head
         pooled = self.pool(roi_feats, rois, bi, bh.pooler_resolution, bh.sampling_ratio)
-        cls_logits, box_deltas = m.box_predictor(m.box_head(pooled))
+        with self.network(x):
+            cls_logits, box_deltas = m.box_predictor(m.box_head(pooled))
         boxes, scores, labels, img = graph.box_detections(
-            cls_logits, box_deltas, rois, bi, image_hw, b, cfg.roi_heads)
+            cls_logits.float(), box_deltas.float(), rois, bi, image_hw, b, cfg.roi_heads)
         pooled = self.pool(roi_feats, boxes, img, mh.pooler_resolution, mh.sampling_ratio)
-        masks = m.mask_predictor(m.mask_head(pooled), labels).sigmoid()
+        with self.network(x):
+            mask_logits = m.mask_predictor(m.mask_head(pooled), labels)
+        masks = mask_logits.float().sigmoid()
         return boxes, scores, labels, img, masks
 
     def pool(self, feats, boxes, batch_idx, resolution: int, sampling_ratio: int) -> Tensor:

@@ -122,6 +122,54 @@ def test_pt2_loads_without_the_repository(exported, tmp_path):
     assert "outputs 5 (170, 230)" in _standalone(STANDALONE.format(load=load), folder)
 
 
+def test_bench_times_eager_against_each_artifact(exported):
+    """--mode=bench with bench.mode=artifacts: eager and every published artifact, interleaved
+    on the same batches, nothing else timed; bench.json holds the table's figures."""
+    from mrcnn.engine import bench
+
+    cfg, workdir, _ = exported
+    cfg = cfg.copy_and_resolve_references()
+    cfg.bench.mode, cfg.bench.image_size = "artifacts", (150, 200)
+    cfg.export.bench_batches, cfg.export.bench_iters = (1, 2), 2
+    res = bench.bench(cfg, workdir, torch.device("cpu"))
+    assert res["runs"] == [] and res["artifacts"]["dtype"] == "float32"
+    saved = json.load(open(os.path.join(workdir, "bench.json")))
+    for b in ("1", "2"):
+        per = saved["artifacts"]["batches"][b]
+        assert set(per) == {"eager", "pt2", "onnx"}
+        assert per["eager"]["time_vs_eager"] == 1.0
+        assert all(r["images_per_s"] > 0 for r in per.values())
+    empty = cfg.copy_and_resolve_references()
+    empty.export.dir = "no_such_export"
+    with pytest.raises(Exception, match="no_such_export.*--mode=export"):
+        bench.bench(empty, workdir, torch.device("cpu"))
+
+
+def test_bfloat16_program_is_the_eager_bfloat16_model(tmp_path, tiny_config, tiny_model):
+    """export.dtype=bfloat16: the .pt2 carries the autocast (bit for bit the eager bf16
+    DeployModel, not the float32 one) and its sidecar says so; bench times eager in it."""
+    from mrcnn.engine import bench
+
+    workdir = str(tmp_path)
+    cfg = _export_config(tiny_config, tiny_model, workdir, ("pt2",))
+    cfg.export.dtype = "bfloat16"
+    res = runner.run(cfg, workdir, "cpu")["artifacts"]["pt2"]
+    assert res["passed"], res
+    fig = res["parity"]
+    assert fig["max_box_px"] == 0.0 and fig["max_score"] == 0.0 and fig["detections"] > 0
+    assert json.load(open(res["path"] + ".json"))["dtype"] == "bfloat16"
+    images = parity.synthetic_images([(150, 210)] * 2, seed=5)
+    got = load_artifact(res["path"])(images)
+    bf16 = Predictor(DeployModel(tiny_model, cfg.input, dtype="bfloat16").eval())(images)
+    fp32 = _eager(cfg, tiny_model)(images)
+    assert all(torch.equal(g["scores"], w["scores"]) for g, w in zip(got, bf16))
+    assert not all(torch.equal(g["scores"], w["scores"]) for g, w in zip(got, fp32))
+    cfg.export.dtype = "float32"  # bench follows the artifacts' sidecars, not the config
+    cfg.bench.mode, cfg.bench.image_size = "artifacts", (150, 200)
+    cfg.export.bench_batches, cfg.export.bench_iters = (1,), 1
+    assert bench.bench(cfg, workdir, torch.device("cpu"))["artifacts"]["dtype"] == "bfloat16"
+
+
 @pytest.fixture(scope="module")
 def exported_aoti(exported, tiny_model):
     """The AOTInductor package of the same program (compiled from the published .pt2)."""

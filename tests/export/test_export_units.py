@@ -116,4 +116,17 @@ def test_interleaved_timing_reports_ratios_to_eager():
     assert res["eager"]["time_vs_eager"] == 1.0
     assert res["fast"]["time_vs_eager"] < 0.6
     assert res["fast"]["images_per_s"] > res["eager"]["images_per_s"]
-    assert "| 1 | fast |" in table({"batches": {"1": res}})
+    assert "| 1 | fast | float32 |" in table({"batches": {"1": res}, "dtype": "float32"})
+
+
+def test_export_dtype_and_formats_are_checked():
+    from mrcnn.config_check import ConfigError
+    from mrcnn.export.runner import check_formats
+
+    assert check_formats(("pt2", "aoti"), "bfloat16") == ["pt2", "aoti"]
+    with pytest.raises(ConfigError, match="formats=pt2,aoti"):
+        check_formats(("pt2", "onnx"), "bfloat16")  # onnxruntime's CPU provider: no bf16 conv
+    with pytest.raises(ConfigError, match="config.export.dtype='float16'"):
+        check_formats(("pt2",), "float16")
+    with pytest.raises(ConfigError, match="config.export.formats"):
+        check_formats(("pt2", "tflite"))

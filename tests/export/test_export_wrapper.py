@@ -60,3 +60,38 @@ def test_program_accepts_canvases_of_either_parity(tiny_model, tiny_config):
         got = module(images)
         for a, b in zip(got, want):
             assert torch.equal(a, b)
+
+
+def test_bfloat16_deploy_model_runs_the_network_in_bfloat16(tiny_model, tiny_config):
+    """export.dtype=bfloat16: backbone, RPN and heads see bf16 (autocast inside forward, so an
+    exported program carries it), the outputs keep the float32 convention, and detections stay
+    close to float32's on the same weights."""
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, out):
+            first = out[0] if isinstance(out, (tuple, list)) else out
+            first = next(iter(first.values())) if isinstance(first, dict) else first
+            first = first[0] if isinstance(first, (tuple, list)) else first
+            seen[name] = first.dtype  # returns None: the output is left as it is
+        return hook
+
+    names = ("backbone", "box_predictor", "mask_predictor")
+    hooks = [getattr(tiny_model, n).register_forward_hook(record(n)) for n in names]
+    images = torch.stack(make_images([(64, 80)] * 2, seed=3))
+    try:
+        with torch.inference_mode():
+            want = DeployModel(tiny_model, tiny_config.input).eval()(images)
+            assert set(seen.values()) == {torch.float32}
+            seen.clear()
+            got = DeployModel(tiny_model, tiny_config.input, dtype="bfloat16").eval()(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == dict.fromkeys(names, torch.bfloat16)
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    assert got[0].numel() > 0
+    assert not torch.equal(got[1], want[1])  # another precision: not the float32 numbers
+    assert (got[1].max() - want[1].max()).abs() < 0.05
+    with pytest.raises(ValueError, match="float16"):
+        DeployModel(tiny_model, tiny_config.input, dtype="float16")
