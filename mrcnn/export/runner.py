@@ -117,7 +117,7 @@ def ship_operators(out_dir: str) -> str | None:
     return OPS_LIBRARY
 
 
-def write_artifact(fmt: str, ep, out_dir: str, device) -> str:
+def write_artifact(fmt: str, ep, out_dir: str, device, dtype: str = "float32") -> str:
     """Writes one artifact under a temporary name -> that path."""
     final = FILES[fmt].format(device=torch.device(device).type)
     tmp = os.path.join(out_dir, "tmp-" + final)
@@ -126,7 +126,7 @@ def write_artifact(fmt: str, ep, out_dir: str, device) -> str:
     elif fmt == "aoti":
         from mrcnn.export.aoti import compile_package
 
-        compile_package(ep, tmp)
+        compile_package(ep, tmp, dtype)
     else:
         from mrcnn.export.onnx_export import export_onnx
 
@@ -172,7 +172,7 @@ def run(config, workdir: str, device) -> dict:
     results = {"export_seconds": round(time.perf_counter() - t0, 1), "artifacts": {}}
     for fmt in formats:
         t = time.perf_counter()
-        tmp = write_artifact(fmt, ep, out_dir, device)
+        tmp = write_artifact(fmt, ep, out_dir, device, str(config.export.dtype))
         res = check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib)
         res["seconds"] = round(time.perf_counter() - t, 1)
         results["artifacts"][fmt] = res
