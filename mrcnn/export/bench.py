@@ -4,6 +4,10 @@ On a shared machine the load drifts by more than the differences measured, so ev
 runs eager and every artifact once each on the same batch (the order rotating from round to
 round), and the figure reported for each artifact is the median over rounds of its time
 relative to eager's in the same round, next to each one's median images/s.
+
+"eager" is the model --mode=predict runs (its fast paths: channels_last and oneDNN on a CPU in
+float32), the baseline of every ratio; "eager-export" the model that was traced (no fast paths,
+the parity reference), timed beside it.
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ def _runners(config, workdir: str, device) -> tuple[dict, str]:
         raise ValueError(f"{folder}: artifacts of different dtypes ({dtypes}): export each "
                          "dtype into its own config.export.dir")
     dtype = next(iter(dtypes.values()))
-    deploy, _ = build_deploy_model(config, workdir, device)
-    deploy.dtype = dtype  # eager in the artifacts' dtype, whatever export.dtype says now
-    out = {"eager": Predictor(deploy, max_batch=64)}
+    out = {}
+    # "eager": the model --mode=predict runs (its fast paths); "eager-export": the model that
+    # was traced, without them (the parity reference).
+    for name, purpose in (("eager", "predict"), ("eager-export", "export")):
+        deploy, _ = build_deploy_model(config, workdir, device, purpose)
+        deploy.dtype = dtype  # eager in the artifacts' dtype, whatever export.dtype says now
+        out[name] = Predictor(deploy, max_batch=64)
     out.update({fmt: load_artifact(path, max_batch=64) for fmt, path in found.items()})
     return out, dtype
 

@@ -32,8 +32,10 @@ OPS_LIBRARY = "mrcnn_ops.so"
 DTYPES = ("float32", "bfloat16")
 
 
-def build_deploy_model(config, workdir: str, device) -> tuple[DeployModel, object]:
-    """(DeployModel, the build) of the weights that --mode=eval would run."""
+def build_deploy_model(config, workdir: str, device,
+                       purpose: str = "export") -> tuple[DeployModel, object]:
+    """(DeployModel, the build) of the weights that --mode=eval would run; `purpose` "export"
+    (no fast paths: what is traced) or "predict" (the fast paths --mode=predict runs)."""
     try:
         from mrcnn.build import build
     except ImportError:  # the run layer before mrcnn.build
@@ -42,10 +44,11 @@ def build_deploy_model(config, workdir: str, device) -> tuple[DeployModel, objec
         built = None
         model = build_inference_model(config, workdir, device)
     else:
-        built = build(config, torch.device(device), "export", workdir)
+        built = build(config, torch.device(device), purpose, workdir)
         model = built.model
     deploy = DeployModel(model, config.input, mask_threshold=config.export.mask_threshold,
-                         dtype=str(config.export.dtype))
+                         dtype=str(config.export.dtype),
+                         channels_last=bool(built is not None and built.fast.channels_last))
     return deploy.eval(), built
 
 

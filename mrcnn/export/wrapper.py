@@ -40,7 +40,7 @@ class DeployModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, input_cfg, mask_threshold: float = 0.5,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", channels_last: bool = False):
         super().__init__()
         if not getattr(model, "use_fpn", False) or not getattr(model, "mask_on", False):
             raise ValueError("export supports FPN models with the mask head (model.backbone.fpn"
@@ -54,6 +54,8 @@ class DeployModel(nn.Module):
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"DeployModel dtype {dtype!r}: expected float32 or bfloat16")
         self.dtype = dtype
+        # The model's convolutions take NHWC (a build with perf.channels_last); export: False.
+        self.channels_last = bool(channels_last)
         # Buffers, not constants: they travel with the program's weights.
         self.register_buffer("mean", torch.tensor(input_cfg.pixel_mean, dtype=torch.float32)
                              .view(1, 3, 1, 1), persistent=False)
@@ -82,7 +84,10 @@ class DeployModel(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         d = self.divisibility
         hc, wc = (h + d - 1) // d * d, (w + d - 1) // d * d
-        return F.pad(x, (0, wc - w, 0, hc - h)), (h, w)
+        x = F.pad(x, (0, wc - w, 0, hc - h))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, (h, w)
 
     # ------------------------------------------------------------------ the model
     def network(self, x: Tensor):

@@ -136,7 +136,7 @@ def test_bench_times_eager_against_each_artifact(exported):
     saved = json.load(open(os.path.join(workdir, "bench.json")))
     for b in ("1", "2"):
         per = saved["artifacts"]["batches"][b]
-        assert set(per) == {"eager", "pt2", "onnx"}
+        assert set(per) == {"eager", "eager-export", "pt2", "onnx"}
         assert per["eager"]["time_vs_eager"] == 1.0
         assert all(r["images_per_s"] > 0 for r in per.values())
     empty = cfg.copy_and_resolve_references()
