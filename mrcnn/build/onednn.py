@@ -19,7 +19,9 @@ state-dict keys; `unpack_convolutions` gives every module its class back.
 
 ResNet blocks and stems whose norms are all FrozenBN (`fuse_frozen_blocks`): without autograd,
 each conv + FrozenBN (+ ReLU) is one packed convolution, the norm folded into the weight and
-bias and the ReLU a oneDNN post-op; two to three passes over every activation are saved. With
+bias and the ReLU a oneDNN post-op; two to three passes over every activation are saved. The
+block's residual sum and ReLU are post-ops of its last convolution (`_conv_norm_add_relu`),
+written into the shortcut's output where there is one, never into the block's input. With
 autograd (the trained stages) the norm is folded per call into the weight that `conv2d` gets
 (`W * s`, bias `t`): the gradient reaches W through that product, and the activation is not
 scaled and shifted forward nor scaled backward.
@@ -73,10 +75,9 @@ def _uses_packed(conv: nn.Conv2d, x: Tensor) -> bool:
     )
 
 
-def _packed_conv(conv: nn.Conv2d, x: Tensor, norm: nn.Module | None = None,
-                 attr: str = "none") -> Tensor:
-    """conv (then `norm`, a FrozenBatchNorm2d folded into the packed weight and bias; then
-    `attr` "relu" fused) on the packed path; the caller has checked _uses_packed."""
+def _packed_weight(conv: nn.Conv2d, x: Tensor, norm: nn.Module | None = None):
+    """(oneDNN-packed weight, bias) of `conv` (with `norm`, a FrozenBatchNorm2d, folded in),
+    rebuilt when a parameter changed (version counter or storage)."""
     w = conv.weight
     key = (w._version, w.data_ptr(), tuple(w.shape))
     if norm is not None:
@@ -100,10 +101,38 @@ def _packed_conv(conv: nn.Conv2d, x: Tensor, norm: nn.Module | None = None,
             )
         cached = (key, packed, bias)
         conv.__dict__[slot] = cached
+    return cached[1], cached[2]
+
+
+def _packed_conv(conv: nn.Conv2d, x: Tensor, norm: nn.Module | None = None,
+                 attr: str = "none") -> Tensor:
+    """conv (then `norm`, a FrozenBatchNorm2d folded into the packed weight and bias; then
+    `attr` "relu" fused) on the packed path; the caller has checked _uses_packed."""
+    packed, bias = _packed_weight(conv, x, norm)
     return torch.ops.mkldnn._convolution_pointwise(
-        x, cached[1], cached[2], list(conv.padding), list(conv.stride), list(conv.dilation), 1,
+        x, packed, bias, list(conv.padding), list(conv.stride), list(conv.dilation), 1,
         attr, [], "",
     )
+
+
+def _conv_norm_add_relu(conv: nn.Conv2d, x: Tensor, norm: nn.Module, identity: Tensor,
+                        into_identity: bool) -> Tensor:
+    """relu(norm(conv(x)) + identity), a residual block's last step. On the packed path the
+    sum and the ReLU are post-ops of the convolution (one pass over the block's output instead
+    of three); `into_identity`: the result may overwrite `identity` (a shortcut's output that
+    nothing else holds), which also saves allocating the output. Else the separate ops."""
+    fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+           and not x.is_contiguous() else torch.contiguous_format)
+    if (_uses_packed(conv, x) and identity.dtype == torch.float32
+            and identity.is_contiguous(memory_format=fmt)):
+        packed, bias = _packed_weight(conv, x, norm)
+        args = (packed, bias, list(conv.padding), list(conv.stride), list(conv.dilation), 1,
+                "add", None, "relu", [], "")
+        if into_identity:
+            return torch.ops.mkldnn._convolution_pointwise_.binary(identity, x, *args)
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, identity, *args)
+    y = _conv_norm(conv, x, norm, False)
+    return F.relu_(y.add_(identity))
 
 
 def _packed_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
@@ -145,18 +174,17 @@ def _conv_norm(conv: nn.Conv2d, x: Tensor, norm: nn.Module, relu: bool) -> Tenso
 def _bottleneck_forward(self: nn.Module, x: Tensor) -> Tensor:
     y = _conv_norm(self.conv1, x, self.norm1, True)
     y = _conv_norm(self.conv2, y, self.norm2, True)
-    y = _conv_norm(self.conv3, y, self.norm3, False)
     s = self.shortcut
     identity = x if s is None else _conv_norm(s.conv, x, s.norm, False)
-    return F.relu_(y.add_(identity))
+    # The block's input is the caller's tensor: never overwritten; a shortcut's output may be.
+    return _conv_norm_add_relu(self.conv3, y, self.norm3, identity, s is not None)
 
 
 def _basic_block_forward(self: nn.Module, x: Tensor) -> Tensor:
     y = _conv_norm(self.conv1, x, self.norm1, True)
-    y = _conv_norm(self.conv2, y, self.norm2, False)
     s = self.shortcut
     identity = x if s is None else _conv_norm(s.conv, x, s.norm, False)
-    return F.relu_(y.add_(identity))
+    return _conv_norm_add_relu(self.conv2, y, self.norm2, identity, s is not None)
 
 
 def _stem_forward(self: nn.Module, x: Tensor) -> Tensor:

@@ -182,6 +182,20 @@ def test_fused_frozen_blocks_equal_unfused(depth, channels_last):
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     assert "_onednn_folded" in body.res5[0].conv1.__dict__
+    # The residual sum + ReLU are post-ops of the last convolution; a block's input (the
+    # caller's tensor, also a stage output the FPN reads) is never overwritten.
+    kept, changed = {}, []
+    blocks = [b for n in body.stage_names for b in getattr(body, n)]
+    hooks = [b.register_forward_pre_hook(lambda m, a: kept.__setitem__(m, a[0].clone()))
+             for b in blocks]
+    hooks += [b.register_forward_hook(lambda m, a, o: changed.append(
+        not torch.equal(a[0], kept[m]))) for b in blocks]
+    with torch.no_grad():
+        again = body(x)
+    for h in hooks:
+        h.remove()
+    assert len(changed) == len(blocks) and not any(changed)
+    assert all(torch.equal(a, b) for a, b in zip(again, got))
     # With autograd the trained stages fold the norm into the weight per call (no FrozenBN
     # forward runs): gradients equal the unfused ones to rounding.
     from mrcnn.modeling.norm import FrozenBatchNorm2d
