@@ -237,7 +237,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.export.score_tol = 1e-4
     c.export.mask_iou_tol = 0.99  # smallest mask IoU against eager
     c.export.onnx_min_mask_iou = 0.9  # ONNX: smallest mask IoU (its mean: mask_iou_tol)
-    # ONNX / AOTInductor: px. Their kernels sum in another order than eager's; a float32 box
+    # ONNX: px. Its kernels sum in another order than eager's; a float32 box
     # coordinate near 1000 px has a 6.1e-5 px ulp, and a randomly initialised R-50 at 1150x700
     # gave 7 of 500 boxes 1.04e-3 to 1.34e-3 px off (scores within 2.8e-5).
     c.export.onnx_box_tol = 2e-3
