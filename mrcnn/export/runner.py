@@ -56,14 +56,15 @@ def tolerances(config, fmt: str) -> dict:
     """export.*_tol (.pt2 and AOTInductor: measured within them, AOTInductor's boxes 2.4e-4
     px off on a random R-50 at 800 px); for ONNX Runtime (other RoIAlign / NMS kernels, other
     summation orders) boxes are held to export.onnx_box_tol (the config says why), the
-    smallest mask IoU to export.onnx_min_mask_iou and the mean to mask_iou_tol
-    (parity.ONNX_TOLERANCES says why)."""
+    smallest mask IoU to export.onnx_min_mask_iou (masks within export.onnx_mask_shift_px of
+    eager's excepted) and the mean to mask_iou_tol (parity.ONNX_TOLERANCES says why)."""
     e = config.export
     tol = {"box_px": float(e.box_tol), "score": float(e.score_tol),
            "mask_iou": float(e.mask_iou_tol)}
     if fmt == "onnx":
         tol.update(box_px=float(e.onnx_box_tol), mask_iou=float(e.onnx_min_mask_iou),
-                   mean_mask_iou=float(e.mask_iou_tol))
+                   mean_mask_iou=float(e.mask_iou_tol),
+                   mask_shift_px=int(e.onnx_mask_shift_px))
     return tol
 
 
