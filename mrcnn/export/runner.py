@@ -61,10 +61,15 @@ def tolerances(config, fmt: str) -> dict:
     e = config.export
     tol = {"box_px": float(e.box_tol), "score": float(e.score_tol),
            "mask_iou": float(e.mask_iou_tol)}
+    masks = dict(mask_iou=float(e.onnx_min_mask_iou), mean_mask_iou=float(e.mask_iou_tol),
+                 mask_shift_px=int(e.onnx_mask_shift_px))
     if fmt == "onnx":
-        tol.update(box_px=float(e.onnx_box_tol), mask_iou=float(e.onnx_min_mask_iou),
-                   mean_mask_iou=float(e.mask_iou_tol),
-                   mask_shift_px=int(e.onnx_mask_shift_px))
+        tol.update(box_px=float(e.onnx_box_tol), **masks)
+    elif fmt == "aoti" and str(e.dtype) == "bfloat16":
+        # Inductor's bf16 mask-head convolutions round ~1e-3 away from eager's (measured on a
+        # conv branch, tests/export/test_aoti_ops.py): pixels that close to the threshold flip.
+        # The shapes model's package: boxes and scores equal, one mask at IoU 0.971, mean 0.998.
+        tol.update(**masks)
     return tol
 
 

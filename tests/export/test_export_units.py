@@ -130,3 +130,17 @@ def test_export_dtype_and_formats_are_checked():
         check_formats(("pt2",), "float16")
     with pytest.raises(ConfigError, match="config.export.formats"):
         check_formats(("pt2", "tflite"))
+
+
+def test_tolerances_per_format_and_dtype():
+    from mrcnn.export.runner import tolerances
+
+    c = shapes.get_config("tiny")
+    torch_tol = {"box_px": 1e-3, "score": 1e-4, "mask_iou": 0.99}
+    assert tolerances(c, "pt2") == torch_tol and tolerances(c, "aoti") == torch_tol
+    onnx = tolerances(c, "onnx")
+    assert onnx == dict(torch_tol, box_px=2e-3, mask_iou=0.9, mean_mask_iou=0.99,
+                        mask_shift_px=1)
+    c.export.dtype = "bfloat16"  # Inductor's bf16 mask convolutions: ONNX's mask rule
+    assert tolerances(c, "aoti") == dict(onnx, box_px=1e-3)
+    assert tolerances(c, "pt2") == torch_tol
