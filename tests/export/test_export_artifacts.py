@@ -141,7 +141,9 @@ def test_bench_times_eager_against_each_artifact(exported):
         assert all(r["images_per_s"] > 0 for r in per.values())
     empty = cfg.copy_and_resolve_references()
     empty.export.dir = "no_such_export"
-    with pytest.raises(Exception, match="no_such_export.*--mode=export"):
+    from mrcnn.config_check import ConfigError
+
+    with pytest.raises(ConfigError, match="no_such_export.*--mode=export"):
         bench.bench(empty, workdir, torch.device("cpu"))
 
 
