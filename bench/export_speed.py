@@ -1,6 +1,7 @@
 """Deployment speed, eager against each exported artifact, through main.py as a user runs it.
 
-    .venv/bin/python -m bench.export_speed --config=configs/r50_fpn_1x.py --workdir=runs/deploy/r50 \
+    .venv/bin/python -m bench.export_speed --config=configs/r50_fpn_1x.py \
+        --workdir=runs/deploy/r50 \
         [--dtype=float32|bfloat16] [--formats=pt2,aoti,onnx] [--batches=1,8] [--rounds=3] \
         [--image=800x1333] [--out=bench/results/NAME.json]
 

@@ -85,7 +85,8 @@ def bench_artifacts(config, workdir: str, device) -> dict:
               "rounds": int(config.export.bench_iters), "batches": {}}
     for b in config.export.bench_batches:
         images = parity.synthetic_images([(h, w)] * int(b), seed=int(b))
-        result["batches"][str(b)] = time_interleaved(runners, images, int(config.export.bench_iters))
+        result["batches"][str(b)] = time_interleaved(runners, images,
+                                                     int(config.export.bench_iters))
     return result
 
 

@@ -1,8 +1,9 @@
 """The json written next to each artifact (`<artifact>.json`): what a deployment needs to know.
 
 format, the config name, the category table (label -> category id -> name), the input
-convention and the sizes the pre-processing uses, the outputs, the network's dtype, the versions of the libraries
-that made it, and the parity figures measured at export against the eager model.
+convention and the sizes the pre-processing uses, the outputs, the network's dtype, the
+versions of the libraries that made it, and the parity figures measured at export against the
+eager model.
 """
 
 from __future__ import annotations
