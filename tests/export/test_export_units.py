@@ -144,3 +144,33 @@ def test_tolerances_per_format_and_dtype():
     c.export.dtype = "bfloat16"  # Inductor's bf16 mask convolutions: ONNX's mask rule
     assert tolerances(c, "aoti") == dict(onnx, box_px=1e-3)
     assert tolerances(c, "pt2") == torch_tol
+
+
+def test_aoti_is_compiled_from_a_channels_last_copy_with_freezing(tiny_config, tiny_model):
+    import copy
+
+    from mrcnn.export.runner import aoti_program
+    from mrcnn.export.wrapper import DeployModel
+    from tests.export.conftest import make_images
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg.input.min_size_test, cfg.input.max_size_test = 160, 256  # a canvas export accepts
+    deploy = DeployModel(copy.deepcopy(tiny_model), cfg.input).eval()
+    ep, settings = aoti_program(deploy, cfg)
+    assert settings == {"freezing": True}
+    convs = [v for v in ep.state_dict.values() if v.dim() == 4 and min(v.shape[1:]) > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs)
+    # The parity reference is left as it was: contiguous weights, contiguous input.
+    assert not deploy.channels_last
+    assert all(p.is_contiguous() for p in deploy.parameters())
+    x = torch.stack(make_images([(170, 230)]))
+    with torch.no_grad():
+        want, got = deploy(x), ep.module()(x)
+    assert torch.equal(want[2], got[2]) and torch.equal(want[4], got[4])
+    assert (want[0] - got[0]).abs().max() < 1e-3
+    c = copy.deepcopy(cfg)
+    c.export.dtype = "bfloat16"  # bf16 packages: compiled from the .pt2 program, as measured
+    assert aoti_program(deploy, c) is None
+    c = copy.deepcopy(cfg)
+    c.export.aoti_fast = False
+    assert aoti_program(deploy, c) is None
