@@ -28,16 +28,20 @@ INDUCTOR_CONFIGS = {"layout_optimization": False}
 BFLOAT16_CONFIGS = {"emulate_precision_casts": True}
 
 
+def inductor_configs(dtype: str = "float32", **configs) -> dict:
+    """The torch._inductor.config settings a package is compiled with: `configs`, then
+    INDUCTOR_CONFIGS and (for a bfloat16 program) BFLOAT16_CONFIGS, which always apply."""
+    return {**configs, **INDUCTOR_CONFIGS, **(BFLOAT16_CONFIGS if dtype == "bfloat16" else {})}
+
+
 def compile_package(ep: torch.export.ExportedProgram, path: str, dtype: str = "float32",
                     **configs) -> str:
     """aoti_compile_and_package of `ep` for its device (the CPU here) into `path`; `dtype`:
-    the program's export.dtype; `configs`: further torch._inductor.config settings
-    (INDUCTOR_CONFIGS, and BFLOAT16_CONFIGS for a bfloat16 program, always apply)."""
+    the program's export.dtype; `configs`: further torch._inductor.config settings."""
     if os.path.exists(path):
         os.remove(path)  # the packager appends to an existing zip
-    fixed = {**INDUCTOR_CONFIGS, **(BFLOAT16_CONFIGS if dtype == "bfloat16" else {})}
     return torch._inductor.aoti_compile_and_package(
-        ep, package_path=path, inductor_configs={**configs, **fixed})
+        ep, package_path=path, inductor_configs=inductor_configs(dtype, **configs))
 
 
 def load_package(path: str):

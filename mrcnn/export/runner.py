@@ -161,7 +161,19 @@ def write_artifact(fmt: str, ep, out_dir: str, device, dtype: str = "float32",
     return tmp
 
 
-def check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib) -> dict:
+def compiled_record(fmt: str, fast, dtype: str) -> dict | None:
+    """The sidecar's "compiled" entry of an AOTInductor package: the memory format of the
+    trace it was compiled from and every Inductor setting it was compiled with."""
+    if fmt != "aoti":
+        return None
+    from mrcnn.export.aoti import inductor_configs
+
+    return {"memory_format": "channels_last" if fast else "contiguous",
+            "inductor_configs": inductor_configs(dtype, **(fast[1] if fast else {}))}
+
+
+def check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib,
+                      compiled: dict | None = None) -> dict:
     """Parity of the artifact at `tmp`; renamed to its final name (with its sidecar) if it
     passes, otherwise kept as `<name>.rejected` next to a sidecar saying why."""
     from mrcnn.export.artifact import run_batch_of
@@ -175,7 +187,7 @@ def check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib) -> 
     path = final if ok else final + ".rejected"
     os.replace(tmp, path)
     side = sidecar.make_sidecar(fmt, config, categories, figures, tol, ops_lib,
-                                int(config.export.max_batch))
+                                int(config.export.max_batch), compiled)
     side["parity"]["passed"] = ok
     write_json_atomic(path + ".json", side, indent=1)
     log.info("export %s: %s, parity %s (%s)", fmt, path, "passed" if ok else "FAILED", figures)
@@ -202,7 +214,8 @@ def run(config, workdir: str, device) -> dict:
         fast = aoti_program(deploy, config) if fmt == "aoti" else None
         tmp = write_artifact(fmt, fast[0] if fast else ep, out_dir, device,
                              str(config.export.dtype), fast[1] if fast else None)
-        res = check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib)
+        res = check_and_publish(fmt, tmp, eager, batches, config, categories, ops_lib,
+                                compiled_record(fmt, fast, str(config.export.dtype)))
         res["seconds"] = round(time.perf_counter() - t, 1)
         results["artifacts"][fmt] = res
     failed = [f for f, r in results["artifacts"].items() if not r["passed"]]

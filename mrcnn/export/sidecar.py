@@ -47,9 +47,11 @@ def categories_of(built, config) -> list[dict]:
 
 
 def make_sidecar(fmt: str, config, categories: list[dict], parity: dict, tolerances: dict,
-                 ops_library: str | None, max_batch: int) -> dict:
+                 ops_library: str | None, max_batch: int, compiled: dict | None = None) -> dict:
+    """`compiled`: how an AOTInductor package was compiled (layout traced, Inductor settings),
+    recorded so that a package's speed or numerics can be traced back to its build."""
     inp = config.input
-    return {
+    side = {
         "format": fmt,
         "config": str(config.name),
         "categories": categories,
@@ -71,3 +73,6 @@ def make_sidecar(fmt: str, config, categories: list[dict], parity: dict, toleran
         "versions": versions(),
         "parity": {"figures": parity, "tolerances": tolerances},
     }
+    if compiled is not None:
+        side["compiled"] = compiled
+    return side

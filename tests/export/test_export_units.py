@@ -174,3 +174,21 @@ def test_aoti_is_compiled_from_a_channels_last_copy_with_freezing(tiny_config, t
     c = copy.deepcopy(cfg)
     c.export.aoti_fast = False
     assert aoti_program(deploy, c) is None
+
+
+def test_aoti_sidecar_records_how_the_package_was_compiled(tiny_config):
+    from mrcnn.export import sidecar
+    from mrcnn.export.runner import compiled_record
+
+    fast = (None, {"freezing": True})
+    rec = compiled_record("aoti", fast, "float32")
+    assert rec == {"memory_format": "channels_last",
+                   "inductor_configs": {"freezing": True, "layout_optimization": False}}
+    plain = compiled_record("aoti", None, "bfloat16")
+    assert plain["memory_format"] == "contiguous"
+    assert plain["inductor_configs"] == {"layout_optimization": False,
+                                         "emulate_precision_casts": True}
+    assert compiled_record("onnx", fast, "float32") is None
+    side = sidecar.make_sidecar("aoti", tiny_config, [], {}, {}, None, 4, rec)
+    assert side["compiled"] == rec
+    assert "compiled" not in sidecar.make_sidecar("pt2", tiny_config, [], {}, {}, None, 4)
