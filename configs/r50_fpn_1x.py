@@ -274,6 +274,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 7x7 convolution (oneDNN instead of the BLAS). Equal to eager up to rounding; ignored on
     # GPUs and under autocast; off with perf.compile (Inductor packs its own) and perf.exact.
     c.perf.onednn = True
+    # With perf.onednn, the box head's fc6: "conv" (a 7x7 convolution, oneDNN), "linear" (the
+    # BLAS) or "auto": the convolution except on Intel CPUs, where MKL's GEMM is faster
+    # (mrcnn/build/onednn.py).
+    c.perf.fc6 = "auto"
     c.perf.cudnn_benchmark = True
     c.perf.tf32 = True
 

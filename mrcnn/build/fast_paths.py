@@ -9,7 +9,7 @@ are bit-identical to torchvision's model on the same weights (the equivalence te
 - `perf.channels_last`: NHWC weights and images: faster convolutions on tensor cores and in
   oneDNN on CPUs.
 - `perf.onednn` (CPU float32 only): prepacked oneDNN convolutions with FrozenBN folded in, and
-  the box head's fc6 as a convolution (mrcnn/build/onednn.py).
+  the box head's fc6 as a convolution where that is faster (`perf.fc6`, mrcnn/build/onednn.py).
 - `perf.compile`: `torch.compile` of the backbone (+FPN), the RPN head and the box/mask heads, in
   place (`nn.Module.compile`), so state_dict keys and checkpoints stay the same; with
   `perf.compile_fullgraph` a graph break is an error instead of a silent slow path.
@@ -43,6 +43,7 @@ class FastPaths:
 
     channels_last: bool = False
     onednn: bool = False
+    fc6_as_conv: bool = False  # with onednn: the box head's fc6 as a 7x7 convolution
     compile: bool = False
     compile_fullgraph: bool = True
     cuda_graphs: bool = False
@@ -70,11 +71,13 @@ def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
         return FastPaths(dtype=str(config.dtype), prefetch=False)
     exact = bool(p.exact)
     cpu_float32 = device_type == "cpu" and config.dtype == "float32"
+    # oneDNN's packed path is float32-CPU only, and torch.compile does its own packing.
+    use_onednn = (bool(p.onednn) and cpu_float32 and not exact and not p.compile
+                  and onednn.available())
     return FastPaths(
         channels_last=bool(p.channels_last) and not exact,
-        # oneDNN's packed path is float32-CPU only, and torch.compile does its own packing.
-        onednn=bool(p.onednn) and cpu_float32 and not exact and not p.compile
-        and onednn.available(),
+        onednn=use_onednn,
+        fc6_as_conv=use_onednn and onednn.fc6_as_conv(str(p.get("fc6", "auto"))),
         compile=bool(p.compile),
         compile_fullgraph=bool(p.compile_fullgraph),
         cuda_graphs=bool(p.cuda_graphs) and device_type == "cuda",
@@ -90,9 +93,9 @@ def apply(model: nn.Module, fast: FastPaths) -> nn.Module:
     if fast.channels_last:
         model.to(memory_format=torch.channels_last)
     if fast.onednn:
-        convs, heads = onednn.use_onednn(model)
-        log.info("oneDNN: %d prepacked convolutions, %d box heads' fc6 as a convolution",
-                 convs, heads)
+        convs, heads = onednn.use_onednn(model, fast.fc6_as_conv)
+        log.info("oneDNN: %d prepacked convolutions, %d box heads' fc6 as a convolution "
+                 "(perf.fc6, CPU vendor %s)", convs, heads, onednn.cpu_vendor() or "?")
     if fast.compile:
         parts = []
         for name in COMPILED_PARTS:

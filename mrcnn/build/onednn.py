@@ -27,12 +27,14 @@ autograd (the trained stages) the norm is folded per call into the weight that `
 scaled and shifted forward nor scaled backward.
 
 The box head's fc6 (`MLPHead.fc.0`, 256*7*7 -> 1024 on every sampled RoI, ~1/6 of an R50-FPN
-training step) is a 7x7 "valid" convolution of the pooled [R, 256, 7, 7] features with the
-weight viewed as [1024, 256, 7, 7]. Torch runs Linear through the BLAS (MKL), which on this
-project's AMD CPUs reaches about 40% of oneDNN's convolution throughput; as a convolution, forward
-and backward run in oneDNN (1024 RoIs fwd+bwd: 334 vs 432 ms channels-last, 352 vs 410 ms
-NCHW, on 2 cores) and channels-last RoI features need no
-copy to be flattened. Same function, summed in another order: equal to rounding. With autograd.
+training step) can run as a 7x7 "valid" convolution of the pooled [R, 256, 7, 7] features with
+the weight viewed as [1024, 256, 7, 7] (`perf.fc6`). Torch runs Linear through the BLAS
+(MKL), and which of the two is faster depends on the CPU's vendor. On the AMD CPUs of this
+project's 2026-11 measurements MKL reached about 40% of oneDNN's convolution throughput (1024
+RoIs fwd+bwd: 334 ms as a convolution vs 432 ms as Linear, 2 cores); on an Intel Xeon
+(Sapphire Rapids, 2 cores, 2026-12-03) MKL is the faster one: 289 vs 407 ms fwd+bwd for 1024
+RoIs, 157 vs 208 ms forward for 2000. So "auto" takes the convolution except on Intel CPUs.
+Same function, summed in another order: equal to rounding. With autograd.
 """
 
 from __future__ import annotations
@@ -258,9 +260,37 @@ def _fc_as_conv_forward(self: nn.Module, x: Tensor) -> Tensor:
     return y
 
 
-def use_onednn(model: nn.Module) -> tuple[int, int]:
-    """perf.onednn: prepacked convolutions everywhere, fused FrozenBN blocks, and fc6 of every
-    MLP box head as a convolution. Returns (convolutions switched, box heads switched); (0, 0) without oneDNN."""
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...; "" when it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return "GenuineIntel" if "Intel" in platform.processor() else ""
+
+
+FC6_CHOICES = ("auto", "conv", "linear")
+
+
+def fc6_as_conv(setting: str) -> bool:
+    """perf.fc6 -> whether fc6 runs as a convolution: "conv" / "linear" as given; "auto": the
+    convolution unless the CPU is an Intel one, where MKL's GEMM beats oneDNN's 7x7 one."""
+    if setting not in FC6_CHOICES:
+        raise ValueError(f"perf.fc6={setting!r}: expected one of {FC6_CHOICES}")
+    if setting == "auto":
+        return cpu_vendor() != "GenuineIntel"
+    return setting == "conv"
+
+
+def use_onednn(model: nn.Module, fc6_conv: bool = True) -> tuple[int, int]:
+    """perf.onednn: prepacked convolutions everywhere, fused FrozenBN blocks, and (`fc6_conv`)
+    fc6 of every MLP box head as a convolution. Returns (convolutions switched, box heads
+    switched); (0, 0) without oneDNN."""
     from mrcnn.modeling.box_head import MLPHead
 
     if not available():
@@ -270,7 +300,7 @@ def use_onednn(model: nn.Module) -> tuple[int, int]:
     fuse_frozen_blocks(model)
     heads = 0
     for m in model.modules():
-        if isinstance(m, MLPHead) and not _switched(m):
+        if fc6_conv and isinstance(m, MLPHead) and not _switched(m):
             _switch(m, _fc_as_conv_forward)
             heads += 1
     return convs, heads

@@ -216,3 +216,34 @@ def test_fused_frozen_blocks_equal_unfused(depth, channels_last):
     body(x)[-1].sum().backward()
     g = body.res5[0].conv1.weight.grad
     torch.testing.assert_close(fused_grad, g, rtol=1e-3, atol=1e-4 * float(g.abs().max()))
+
+
+def test_fc6_as_conv_auto_follows_the_cpu_vendor(monkeypatch):
+    from mrcnn.build.fast_paths import apply, fast_paths
+    from mrcnn.modeling.box_head import MLPHead
+
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda: "GenuineIntel")
+    assert onednn.fc6_as_conv("auto") is False  # MKL's GEMM is the faster one there
+    assert onednn.fc6_as_conv("conv") is True
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda: "AuthenticAMD")
+    assert onednn.fc6_as_conv("auto") is True and onednn.fc6_as_conv("linear") is False
+    with pytest.raises(ValueError, match="perf.fc6"):
+        onednn.fc6_as_conv("fast")
+    cfg = _tiny_cfg()
+    for setting, want in (("auto", True), ("linear", False)):
+        cfg.perf.fc6 = setting
+        fast = fast_paths(cfg, "cpu", "train")
+        assert fast.fc6_as_conv is want
+        model = apply(build_model(cfg.model), fast)
+        heads = [m for m in model.modules() if isinstance(m, MLPHead)]
+        assert heads and all(onednn._switched(h) is want for h in heads)
+    cfg.perf.onednn = False  # fc6 as a convolution is part of the oneDNN path
+    cfg.perf.fc6 = "conv"
+    assert not fast_paths(cfg, "cpu", "train").fc6_as_conv
+
+
+def test_cpu_vendor_reads_something_on_linux():
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert onednn.cpu_vendor() != ""

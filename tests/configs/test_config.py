@@ -69,6 +69,7 @@ def test_unknown_config_argument_fails():
         ("dtype", "float64", "dtype"),
         ("model.backbone.depth", 42, "model.backbone.depth"),
         ("model.rpn.bg_iou_thresh", 0.9, "model.rpn.bg_iou_thresh"),
+        ("perf.fc6", "fast", "perf.fc6"),
     ],
 )
 def test_impossible_values_are_rejected_with_the_key(key, value, match):
