@@ -197,6 +197,32 @@ def test_multilevel_reversed_boxes_have_no_level():
 
 
 @compiled
+def test_outputs_are_fully_written_over_reused_memory():
+    # The CPU kernels allocate their outputs without zeroing them (every bin is written);
+    # rows that nothing writes (a RoI of no level) must still come out zero. Freed blocks of the
+    # same size, filled with a marker, are what the allocator hands out next: a skipped row
+    # would show the marker.
+    g = torch.Generator().manual_seed(104)
+    feats = _pyramid(g, 4)
+    rois = torch.tensor([[0.0, 50.0, 50.0, 10.0, 90.0], [1.0, 10.0, 10.0, 60.0, 60.0],
+                         [0.0, 5.0, 5.0, 200.0, 150.0]])
+    want = reference.multilevel_roi_align([f.detach() for f in feats], rois, _scales(feats),
+                                          3, 3, 2, False)
+    c = feats[0].shape[1]
+    for _ in range(5):
+        for n in (1, 2, 3):
+            dirty = torch.full((n, c, 3, 3), 7.0)
+            del dirty
+        got = ops.multilevel_roi_align(feats, rois, 3, _scales(feats), 2)
+        assert torch.equal(got.detach(), want)
+        dirty = torch.full((2, c, 3, 3), 7.0)
+        del dirty
+        one = ops.roi_align(feats[0].detach(), rois[1:], (3, 3), 0.25, 2, False)
+        assert torch.equal(one, reference.roi_align(feats[0].detach(), rois[1:], 0.25, 3, 3,
+                                                    2, False))
+
+
+@compiled
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_multilevel_reduced_precision_accumulates_in_float(dtype):
     g = torch.Generator().manual_seed(104)

@@ -54,10 +54,15 @@ at::Tensor multilevel_roi_align_cpu(at::TensorList features, const at::Tensor& r
   check_multilevel_args(features, rois, spatial_scales, pooled_h, pooled_w);
   const int64_t levels = static_cast<int64_t>(features.size());
   const at::Tensor& f0 = features[0];
-  at::Tensor out = at::zeros({rois.size(0), f0.size(1), pooled_h, pooled_w}, f0.options());
-  if (rois.size(0) == 0) return out;
   const std::vector<at::Tensor> idx =
       rois_per_level(rois, levels, canonical_level, canonical_scale, k_min);
+  int64_t assigned = 0;
+  for (const at::Tensor& i : idx) assigned += i.numel();
+  // Every row is written by its level's pooling; only RoIs of no level (NaN level) need the
+  // zeros, so the output is zeroed only when there are some.
+  const std::vector<int64_t> shape{rois.size(0), f0.size(1), pooled_h, pooled_w};
+  at::Tensor out = assigned == rois.size(0) ? at::empty(shape, f0.options())
+                                            : at::zeros(shape, f0.options());
   for (int64_t l = 0; l < levels; ++l) {
     if (idx[l].numel() == 0) continue;
     const at::Tensor pooled =

