@@ -42,6 +42,8 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
     """
     config.data.train.name = "shapes_train"
     config.data.val.name = "shapes_val"
+    if config.dtype == "auto":  # smoke runs and the tests compute alike on every CPU
+        config.dtype = "float32"
     config.data.num_workers = 0
     config.data.shapes.num_train = 16
     config.data.shapes.num_val = 4

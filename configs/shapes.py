@@ -65,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.min_mask_map = 0.8  # stop as soon as an evaluation reaches segm AP 0.8
     c.log_period = 20
     c.perf.channels_last = True  # NHWC convs are faster with oneDNN on CPUs
+    # bfloat16 autocast where the device has bfloat16 hardware (CPUs with AMX or AVX512-BF16,
+    # CUDA sm_80+), float32 elsewhere; the log says which. On the 2-core AMX machine a step
+    # takes 0.21 s instead of 0.29 s; README, Results: the AP of both.
+    c.dtype = "auto"
     c.bench.image_size = (128, 128)
     c.bench.batch_size = 8
 

@@ -6,6 +6,8 @@ import logging
 
 import ml_collections
 
+from mrcnn import precision
+
 log = logging.getLogger(__name__)
 
 
@@ -19,8 +21,8 @@ def _fail(key: str, value, why: str) -> None:
 
 def validate(config: ml_collections.ConfigDict, world_size: int = 1, mode: str = "train") -> None:
     s = config.solver
-    if config.dtype not in ("float32", "bfloat16", "float16"):
-        _fail("dtype", config.dtype, "must be float32, bfloat16 or float16")
+    if config.dtype not in precision.NAMES:
+        _fail("dtype", config.dtype, "must be one of " + ", ".join(precision.NAMES))
     if config.device not in ("auto", "cpu", "cuda"):
         _fail("device", config.device, "must be auto, cpu or cuda")
     if not s.base_lr > 0:

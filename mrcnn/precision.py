@@ -11,6 +11,8 @@ import contextlib
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# `config.dtype` may also be "auto": bfloat16 where the device computes it natively, else float32.
+NAMES = tuple(DTYPES) + ("auto",)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -19,6 +21,29 @@ def torch_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"dtype {name!r}: expected one of {sorted(DTYPES)}") from None
+
+
+def native_bfloat16(device: torch.device | str) -> bool:
+    """Whether `device` has bfloat16 matrix hardware: CUDA compute capability >= 8.0, or a CPU
+    with AMX or AVX512-BF16 (oneDNN's bfloat16 kernels). Elsewhere bfloat16 is emulated and
+    slower than float32, so "auto" must not pick it there."""
+    device_type = device if isinstance(device, str) else device.type
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        # Private but stable since torch 2.1; a torch without them is treated as "no".
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve(name: str, device: torch.device | str) -> str:
+    """The concrete dtype name a run uses: `name` itself, or for "auto" "bfloat16" where
+    `native_bfloat16(device)` and "float32" elsewhere. An unknown name is a ValueError."""
+    if name == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    torch_dtype(name)
+    return name
 
 
 def autocast(device: torch.device | str, dtype: str, cache_enabled: bool = True):

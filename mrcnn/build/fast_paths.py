@@ -28,6 +28,7 @@ import ml_collections
 import torch
 from torch import nn
 
+from mrcnn import precision
 from mrcnn.build import onednn
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class FastPaths:
     cuda_graphs: bool = False
     pad_to: tuple[int, ...] = ()
     prefetch: bool = True
-    dtype: str = "float32"
+    dtype: str = "float32"  # `config.dtype` with "auto" resolved (mrcnn.precision.resolve)
 
     def describe(self) -> str:
         """The switches in force, as the logs and the bench report name them ("eager": none)."""
@@ -67,10 +68,11 @@ def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
         raise ValueError(f"purpose {purpose!r}: expected one of {PURPOSES}")
     device_type = device if isinstance(device, str) else device.type
     p = config.perf
+    dtype = precision.resolve(str(config.dtype), device_type)
     if purpose == "export":
-        return FastPaths(dtype=str(config.dtype), prefetch=False)
+        return FastPaths(dtype=dtype, prefetch=False)
     exact = bool(p.exact)
-    cpu_float32 = device_type == "cpu" and config.dtype == "float32"
+    cpu_float32 = device_type == "cpu" and dtype == "float32"
     # oneDNN's packed path is float32-CPU only, and torch.compile does its own packing.
     use_onednn = (bool(p.onednn) and cpu_float32 and not exact and not p.compile
                   and onednn.available())
@@ -83,7 +85,7 @@ def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
         cuda_graphs=bool(p.cuda_graphs) and device_type == "cuda",
         pad_to=tuple(int(v) for v in p.pad_to),
         prefetch=bool(p.prefetch),
-        dtype=str(config.dtype),
+        dtype=dtype,
     )
 
 

@@ -106,5 +106,6 @@ def build(config: ml_collections.ConfigDict, device: torch.device, purpose: str,
     if fast.cuda_graphs:
         # DDP wants 11 warm-up iterations before a capture (torch's CUDA graphs notes).
         graphs = CudaGraphs(model, fast.pad_to, warmup_iters=11 if dist.world_size() > 1 else 3)
-    log.info("%s model on %s, fast paths: %s", purpose, device, fast.describe())
+    log.info("%s model on %s, fast paths: %s, dtype %s%s", purpose, device, fast.describe(),
+             fast.dtype, " (config.dtype='auto')" if config.dtype == "auto" else "")
     return Built(model, fast, purpose, path, fmt, graphs, categories)

@@ -152,9 +152,10 @@ def _torchvision_reference(h: int, w: int, device: torch.device) -> torch.nn.Mod
                       min_size=min(h, w), max_size=max(h, w)).to(device)
 
 
-def _setup(config: ml_collections.ConfigDict, device: torch.device) -> _Setup:
-    """Ours through `mrcnn.build.build` (the fast paths every mode uses), torchvision's on the same
-    weights when the architecture allows, and synthetic inputs for both."""
+def _setup(config: ml_collections.ConfigDict, device: torch.device, dtype: str) -> _Setup:
+    """Ours through `mrcnn.build.build` as a run with `config.dtype=dtype` builds it (the fast
+    paths every mode uses; which apply depends on the dtype), torchvision's on the same weights
+    when the architecture allows, and synthetic inputs for both."""
     from mrcnn import weights
 
     b = config.bench
@@ -168,6 +169,7 @@ def _setup(config: ml_collections.ConfigDict, device: torch.device) -> _Setup:
     cfg = config.copy_and_resolve_references()
     cfg.unlock()
     cfg.model.roi_heads.score_thresh = 0.0
+    cfg.dtype = dtype
     if reference:
         cfg.model.num_classes = 91
     torch.manual_seed(config.seed)
@@ -272,13 +274,14 @@ def bench(config: ml_collections.ConfigDict, workdir: str, device: torch.device)
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"CPU x{os.cpu_count()}", "runs": []}
-    if MODES[b.mode]:
-        su = _setup(config, device)
-        results.update(variant=su.built.fast.describe(),
-                       padded_size=list(su.images.tensor.shape[-2:]))
-        for dtype in b.dtypes:
-            for mode in MODES[b.mode]:
-                results["runs"].append(_time_row(su, mode, dtype))
+    for dtype in b.dtypes if MODES[b.mode] else ():
+        su = _setup(config, device, dtype)
+        results.setdefault("variant", su.built.fast.describe())
+        results.setdefault("padded_size", list(su.images.tensor.shape[-2:]))
+        for mode in MODES[b.mode]:
+            row = _time_row(su, mode, su.built.fast.dtype)  # "auto" resolved
+            results["runs"].append(dict(row, variant=su.built.fast.describe()))
+        del su  # one model pair in memory at a time
     artifacts = os.path.join(workdir, config.export.dir)
     if b.mode == "artifacts" and not os.path.isdir(artifacts):
         raise ConfigError(f"config.bench.mode='artifacts': {artifacts} holds no export (run "

@@ -107,7 +107,7 @@ class Trainer:
         self.categories = self.built.categories  # from the training data: saved with the model
         _write_categories(workdir, self.categories)
         self.optimizer = solver.build_optimizer(self.model, self.s)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.dtype == "float16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.built.fast.dtype == "float16")
         self._check_val_set()
         self.start_iter, self.last_ckpt = self._resume()
         self._capture_graphs()
@@ -169,7 +169,7 @@ class Trainer:
         # twice; load_state_dict copies in place, so the graphs would survive it anyway.
         self.model.train()
         graphs.capture_training(self.s.ims_per_batch // (self.world * self.s.accumulate_steps),
-                                self.config.dtype, self.built.fast.channels_last)
+                                self.built.fast.dtype, self.built.fast.channels_last)
 
     def _wrap_ddp(self) -> nn.Module:
         if self.world == 1:
@@ -216,7 +216,7 @@ class Trainer:
             sync = (self.train_model.no_sync() if self.world > 1 and micro < accum - 1
                     else contextlib.nullcontext())
             with sync:
-                with autocast(self.device, self.config.dtype,
+                with autocast(self.device, self.built.fast.dtype,
                               cache_enabled=self.built.graphs is None):
                     losses = self.train_model(batch.images, batch.targets)
                 parts = torch.stack([losses[k].float() for k in LOSS_NAMES]) / accum
