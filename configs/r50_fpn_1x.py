@@ -271,12 +271,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.perf.prefetch = True  # copy the next batch to the GPU on a side stream (CPU: no effect)
     # CPU float32 (mrcnn/build/onednn.py): convolutions without autograd (inference, frozen stages,
     # the RPN's dense head) on weights reordered once for oneDNN, and the box head's fc6 as a
-    # 7x7 convolution (oneDNN instead of the BLAS). Equal to eager up to rounding; ignored on
+    # 7x7 convolution where that is faster (perf.fc6). Equal to eager up to rounding; ignored on
     # GPUs and under autocast; off with perf.compile (Inductor packs its own) and perf.exact.
     c.perf.onednn = True
     # With perf.onednn, the box head's fc6: "conv" (a 7x7 convolution, oneDNN), "linear" (the
-    # BLAS) or "auto": the convolution except on Intel CPUs, where MKL's GEMM is faster
-    # (mrcnn/build/onednn.py).
+    # BLAS) or "auto": both timed once at start-up on the configured shape, the convolution
+    # taken when it is 10% faster (on CPUs measured here either one was up to 10x the other;
+    # mrcnn/build/onednn.py).
     c.perf.fc6 = "auto"
     c.perf.cudnn_benchmark = True
     c.perf.tf32 = True

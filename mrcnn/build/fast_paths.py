@@ -1,7 +1,8 @@
 """Which fast paths a run uses (`config.perf`), decided once, and applying them to a model.
 
-`fast_paths(config, device, purpose)` is a pure function of the config and the device: train,
-eval, predict and bench therefore run the same model with the same switches; only export asks
+`fast_paths(config, device, purpose)` is a function of the config and the device (and, for
+`perf.fc6="auto"`, of one timing cached for the process): train, eval, predict and bench
+therefore run the same model with the same switches; only export asks
 for the plain model (a deployed artifact must not depend on this process's oneDNN packing or
 graphs). `perf.exact=True` turns off every switch that changes float rounding, so that outputs
 are bit-identical to torchvision's model on the same weights (the equivalence tests set it).
@@ -9,7 +10,8 @@ are bit-identical to torchvision's model on the same weights (the equivalence te
 - `perf.channels_last`: NHWC weights and images: faster convolutions on tensor cores and in
   oneDNN on CPUs.
 - `perf.onednn` (CPU float32 only): prepacked oneDNN convolutions with FrozenBN folded in, and
-  the box head's fc6 as a convolution where that is faster (`perf.fc6`, mrcnn/build/onednn.py).
+  the box head's fc6 as a convolution where a timing at start-up finds that faster (`perf.fc6`,
+  mrcnn/build/onednn.py).
 - `perf.compile`: `torch.compile` of the backbone (+FPN), the RPN head and the box/mask heads, in
   place (`nn.Module.compile`), so state_dict keys and checkpoints stay the same; with
   `perf.compile_fullgraph` a graph break is an error instead of a silent slow path.
@@ -79,7 +81,7 @@ def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
     return FastPaths(
         channels_last=bool(p.channels_last) and not exact,
         onednn=use_onednn,
-        fc6_as_conv=use_onednn and onednn.fc6_as_conv(str(p.get("fc6", "auto"))),
+        fc6_as_conv=use_onednn and _fc6_as_conv(config),
         compile=bool(p.compile),
         compile_fullgraph=bool(p.compile_fullgraph),
         cuda_graphs=bool(p.cuda_graphs) and device_type == "cuda",
@@ -87,6 +89,17 @@ def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
         prefetch=bool(p.prefetch),
         dtype=dtype,
     )
+
+
+def _fc6_as_conv(config: ml_collections.ConfigDict) -> bool:
+    """perf.fc6 for the model `config.model` describes: only the FPN box head without
+    convolutions (MLPHead) has an fc6 on pooled features; "auto" times both forms on its shape."""
+    m = config.model
+    if not m.backbone.fpn or m.box_head.num_conv != 0:
+        return False
+    shape = (int(m.backbone.fpn_channels), int(m.box_head.pooler_resolution),
+             int(m.box_head.fc_dim))
+    return onednn.fc6_as_conv(str(config.perf.get("fc6", "auto")), shape)
 
 
 def apply(model: nn.Module, fast: FastPaths) -> nn.Module:
@@ -97,7 +110,7 @@ def apply(model: nn.Module, fast: FastPaths) -> nn.Module:
     if fast.onednn:
         convs, heads = onednn.use_onednn(model, fast.fc6_as_conv)
         log.info("oneDNN: %d prepacked convolutions, %d box heads' fc6 as a convolution "
-                 "(perf.fc6, CPU vendor %s)", convs, heads, onednn.cpu_vendor() or "?")
+                 "(perf.fc6)", convs, heads)
     if fast.compile:
         parts = []
         for name in COMPILED_PARTS:

@@ -29,17 +29,20 @@ scaled and shifted forward nor scaled backward.
 The box head's fc6 (`MLPHead.fc.0`, 256*7*7 -> 1024 on every sampled RoI, ~1/6 of an R50-FPN
 training step) can run as a 7x7 "valid" convolution of the pooled [R, 256, 7, 7] features with
 the weight viewed as [1024, 256, 7, 7] (`perf.fc6`). Torch runs Linear through the BLAS
-(MKL), and which of the two is faster depends on the CPU's vendor. On the AMD CPUs of this
-project's 2026-11 measurements MKL reached about 40% of oneDNN's convolution throughput (1024
-RoIs fwd+bwd: 334 ms as a convolution vs 432 ms as Linear, 2 cores); on an Intel Xeon
-(Sapphire Rapids, 2 cores, 2026-12-03) MKL is the faster one: 289 vs 407 ms fwd+bwd for 1024
-RoIs, 157 vs 208 ms forward for 2000. So "auto" takes the convolution except on Intel CPUs.
-Same function, summed in another order: equal to rounding. With autograd.
+(MKL), and which of the two is faster depends on the CPU, not only on its vendor: fwd+bwd of
+1024 RoIs, 2 cores, convolution vs Linear: 334 vs 432 ms on the AMD CPU of the 2026-11
+measurements, 407 vs 289 ms on an Intel Xeon (Sapphire Rapids, 2026-12-03), 7939 vs 768 ms on
+an AMD EPYC (Zen 3, AVX2 only, 2026-12-03; forward alone 2074 vs 218 ms for 1000 RoIs). A
+guess by vendor is 10x wrong somewhere, so "auto" measures: `fc6_timings` runs both on 128
+RoIs of the configured shape once per process, and the convolution is taken only when it is
+at least 10% faster. Same function, summed in another order: equal to rounding. With autograd.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 
 import torch
 from torch import Tensor, nn
@@ -260,31 +263,61 @@ def _fc_as_conv_forward(self: nn.Module, x: Tensor) -> Tensor:
     return y
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...; "" when it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return "GenuineIntel" if "Intel" in platform.processor() else ""
-
-
 FC6_CHOICES = ("auto", "conv", "linear")
+FC6_PROBE_ROIS = 128
+FC6_CONV_MARGIN = 0.9  # the convolution must take < 90% of Linear's time to be chosen
 
 
-def fc6_as_conv(setting: str) -> bool:
+@functools.lru_cache(maxsize=None)
+def fc6_timings(channels: int, resolution: int, out_features: int,
+                rois: int = FC6_PROBE_ROIS) -> tuple[float, float]:
+    """Seconds of one forward + backward of fc6 on `rois` pooled RoIs ([rois, channels,
+    resolution, resolution] -> out_features), (as a convolution, as Linear): the better of two
+    timed calls after a warm-up. When the convolution's warm-up alone takes 3x Linear's time,
+    that is its figure (the slow case costs one call, not three). Cached per shape, so every
+    build of this process decides alike."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rois, channels, resolution, resolution, generator=gen).requires_grad_(True)
+    w = (torch.randn(out_features, channels * resolution * resolution, generator=gen)
+         * 0.01).requires_grad_(True)
+    b = torch.zeros(out_features, requires_grad=True)
+
+    def conv():
+        F.conv2d(x, w.view(out_features, channels, resolution, resolution), b).sum().backward()
+
+    def linear():
+        F.linear(x.flatten(1), w, b).sum().backward()
+
+    def seconds(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    with torch.enable_grad():
+        seconds(linear)
+        t_linear = min(seconds(linear), seconds(linear))
+        t_conv = seconds(conv)
+        if t_conv < 3 * t_linear:
+            t_conv = min(seconds(conv), seconds(conv))
+    return t_conv, t_linear
+
+
+def fc6_as_conv(setting: str, shape: tuple[int, int, int] | None = None) -> bool:
     """perf.fc6 -> whether fc6 runs as a convolution: "conv" / "linear" as given; "auto": the
-    convolution unless the CPU is an Intel one, where MKL's GEMM beats oneDNN's 7x7 one."""
+    convolution when `fc6_timings(*shape)` finds it at least 10% faster (shape: fc6's input
+    channels, pooled resolution, output features); Linear without a shape."""
     if setting not in FC6_CHOICES:
         raise ValueError(f"perf.fc6={setting!r}: expected one of {FC6_CHOICES}")
-    if setting == "auto":
-        return cpu_vendor() != "GenuineIntel"
-    return setting == "conv"
+    if setting != "auto":
+        return setting == "conv"
+    if shape is None:
+        return False
+    t_conv, t_linear = fc6_timings(*shape)
+    choice = t_conv < FC6_CONV_MARGIN * t_linear
+    log.info("perf.fc6='auto': fc6 %s on %d RoIs, fwd+bwd %.1f ms as a convolution, %.1f ms "
+             "as Linear: %s", "x".join(map(str, shape)), FC6_PROBE_ROIS, 1e3 * t_conv,
+             1e3 * t_linear, "convolution" if choice else "Linear")
+    return choice
 
 
 def use_onednn(model: nn.Module, fc6_conv: bool = True) -> tuple[int, int]:

@@ -218,32 +218,56 @@ def test_fused_frozen_blocks_equal_unfused(depth, channels_last):
     torch.testing.assert_close(fused_grad, g, rtol=1e-3, atol=1e-4 * float(g.abs().max()))
 
 
-def test_fc6_as_conv_auto_follows_the_cpu_vendor(monkeypatch):
+def test_fc6_as_conv_auto_follows_the_timing(monkeypatch):
     from mrcnn.build.fast_paths import apply, fast_paths
     from mrcnn.modeling.box_head import MLPHead
 
-    monkeypatch.setattr(onednn, "cpu_vendor", lambda: "GenuineIntel")
-    assert onednn.fc6_as_conv("auto") is False  # MKL's GEMM is the faster one there
-    assert onednn.fc6_as_conv("conv") is True
-    monkeypatch.setattr(onednn, "cpu_vendor", lambda: "AuthenticAMD")
-    assert onednn.fc6_as_conv("auto") is True and onednn.fc6_as_conv("linear") is False
+    timings = {}
+    monkeypatch.setattr(onednn, "fc6_timings", lambda *shape: timings[shape])
+    shape = (256, 7, 1024)
+    timings[shape] = (0.30, 0.40)  # the convolution 25% faster
+    assert onednn.fc6_as_conv("auto", shape) is True
+    timings[shape] = (0.38, 0.40)  # within the 10% margin: Linear
+    assert onednn.fc6_as_conv("auto", shape) is False
+    timings[shape] = (7.9, 0.77)
+    assert onednn.fc6_as_conv("auto", shape) is False
+    assert onednn.fc6_as_conv("conv", shape) is True
+    assert onednn.fc6_as_conv("linear", shape) is False
+    assert onednn.fc6_as_conv("auto") is False  # no shape, nothing timed
     with pytest.raises(ValueError, match="perf.fc6"):
         onednn.fc6_as_conv("fast")
     cfg = _tiny_cfg()
-    for setting, want in (("auto", True), ("linear", False)):
+    m = cfg.model
+    tiny_shape = (m.backbone.fpn_channels, m.box_head.pooler_resolution, m.box_head.fc_dim)
+    for t, setting, want in (((0.1, 0.2), "auto", True), ((0.2, 0.1), "auto", False),
+                             ((0.1, 0.2), "linear", False), ((0.2, 0.1), "conv", True)):
+        timings[tiny_shape] = t
         cfg.perf.fc6 = setting
         fast = fast_paths(cfg, "cpu", "train")
         assert fast.fc6_as_conv is want
+        assert all(fast_paths(cfg, "cpu", p).fc6_as_conv is want
+                   for p in ("eval", "predict", "bench"))
         model = apply(build_model(cfg.model), fast)
-        heads = [m for m in model.modules() if isinstance(m, MLPHead)]
+        heads = [h for h in model.modules() if isinstance(h, MLPHead)]
         assert heads and all(onednn._switched(h) is want for h in heads)
     cfg.perf.onednn = False  # fc6 as a convolution is part of the oneDNN path
     cfg.perf.fc6 = "conv"
     assert not fast_paths(cfg, "cpu", "train").fc6_as_conv
+    cfg.perf.onednn = True
+    cfg.model.box_head.num_conv = 1  # a ConvFCHead: no MLPHead fc6 to switch
+    assert not fast_paths(cfg, "cpu", "train").fc6_as_conv
 
 
-def test_cpu_vendor_reads_something_on_linux():
-    import sys
-
-    if sys.platform.startswith("linux"):
-        assert onednn.cpu_vendor() != ""
+def test_fc6_timings_measure_both_forms_once_per_shape(monkeypatch):
+    onednn.fc6_timings.cache_clear()
+    calls = []
+    real_conv2d = onednn.F.conv2d
+    monkeypatch.setattr(onednn.F, "conv2d", lambda *a, **k: calls.append(a[0].shape)
+                        or real_conv2d(*a, **k))
+    t_conv, t_linear = onednn.fc6_timings(8, 7, 16, rois=4)
+    assert t_conv > 0 and t_linear > 0
+    assert calls and all(tuple(c) == (4, 8, 7, 7) for c in calls)
+    n = len(calls)
+    assert onednn.fc6_timings(8, 7, 16, rois=4) == (t_conv, t_linear)  # cached
+    assert len(calls) == n
+    onednn.fc6_timings.cache_clear()
