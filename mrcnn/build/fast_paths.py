@@ -1,14 +1,17 @@
 """Which fast paths a run uses (`config.perf`), decided once, and applying them to a model.
 
 `fast_paths(config, device, purpose)` is a function of the config and the device (and, for
-`perf.fc6="auto"`, of one timing cached for the process): train, eval, predict and bench
+`perf.fc6` / `perf.train_layout` "auto", of timings cached for the process; none with
+`deterministic=True`, whose resume must take the same paths): train, eval, predict and bench
 therefore run the same model with the same switches; only export asks
 for the plain model (a deployed artifact must not depend on this process's oneDNN packing or
 graphs). `perf.exact=True` turns off every switch that changes float rounding, so that outputs
 are bit-identical to torchvision's model on the same weights (the equivalence tests set it).
 
 - `perf.channels_last`: NHWC weights and images: faster convolutions on tensor cores and in
-  oneDNN on CPUs.
+  oneDNN on CPUs; `perf.train_layout` decides apart whether the convolutions under autograd
+  (training) run NHWC too (mrcnn/build/layout.py: on some CPUs NHWC's weight gradient is
+  3x slower).
 - `perf.onednn` (CPU float32 only): prepacked oneDNN convolutions with FrozenBN folded in, and
   the box head's fc6 as a convolution where a timing at start-up finds that faster (`perf.fc6`,
   mrcnn/build/onednn.py).
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from mrcnn import precision
-from mrcnn.build import onednn
+from mrcnn.build import layout, onednn
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ class FastPaths:
     """The switches in force for one run; the model ones are applied by `apply`, the data ones
     (pad_to, prefetch, channels_last images, dtype) are read by the loops."""
 
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC images (and weights, unless train_channels_last is off)
+    train_channels_last: bool = False  # convolutions under autograd in NHWC (perf.train_layout)
     onednn: bool = False
     fc6_as_conv: bool = False  # with onednn: the box head's fc6 as a 7x7 convolution
     compile: bool = False
@@ -58,6 +62,8 @@ class FastPaths:
         """The switches in force, as the logs and the bench report name them ("eager": none)."""
         parts = [k for k in ("channels_last", "onednn", "compile", "cuda_graphs")
                  if getattr(self, k)]
+        if self.channels_last and not self.train_channels_last:
+            parts[0] = "channels_last(inference)"  # training in NCHW
         if self.pad_to:
             parts.append("pad_to=%dx%d" % tuple(self.pad_to))
         return "+".join(parts) or "eager"
@@ -78,8 +84,12 @@ def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
     # oneDNN's packed path is float32-CPU only, and torch.compile does its own packing.
     use_onednn = (bool(p.onednn) and cpu_float32 and not exact and not p.compile
                   and onednn.available())
+    channels_last = bool(p.channels_last) and not exact
     return FastPaths(
-        channels_last=bool(p.channels_last) and not exact,
+        channels_last=channels_last,
+        train_channels_last=layout.train_channels_last(
+            str(p.get("train_layout", "auto")), device_type, dtype, channels_last,
+            int(config.model.backbone.fpn_channels), timed=not config.deterministic),
         onednn=use_onednn,
         fc6_as_conv=use_onednn and _fc6_as_conv(config),
         compile=bool(p.compile),
@@ -99,13 +109,16 @@ def _fc6_as_conv(config: ml_collections.ConfigDict) -> bool:
         return False
     shape = (int(m.backbone.fpn_channels), int(m.box_head.pooler_resolution),
              int(m.box_head.fc_dim))
-    return onednn.fc6_as_conv(str(config.perf.get("fc6", "auto")), shape)
+    # deterministic=True promises a bit-exact resume: a timing could decide otherwise in the
+    # resumed process, so "auto" is then Linear without timing.
+    return onednn.fc6_as_conv(str(config.perf.get("fc6", "auto")),
+                              None if config.deterministic else shape)
 
 
 def apply(model: nn.Module, fast: FastPaths) -> nn.Module:
     """channels_last, oneDNN and torch.compile on `model`, in place (state-dict keys unchanged).
     CUDA graphs are installed by `mrcnn.build.build` (they need the final device and mode)."""
-    if fast.channels_last:
+    if fast.train_channels_last:
         model.to(memory_format=torch.channels_last)
     if fast.onednn:
         convs, heads = onednn.use_onednn(model, fast.fc6_as_conv)
