@@ -258,11 +258,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # to torchvision's model on the same weights. False (default): the fast paths below apply.
     c.perf.exact = False
     c.perf.channels_last = True  # NHWC weights and images (off with perf.exact)
-    # The layout of the convolutions that train (autograd): "channels_last", "nchw" or "auto":
-    # with channels_last on a CPU in float32, one 3x3 convolution timed in both at start-up and
-    # NCHW taken when 10% faster (its weight gradient was 3.5x faster on an AVX2-only AMD CPU);
-    # elsewhere channels_last. mrcnn/build/layout.py.
-    c.perf.train_layout = "auto"
     c.perf.compile = False  # torch.compile of backbone + FPN + heads
     c.perf.compile_fullgraph = True  # each compiled part one graph: a graph break is an error
     # (H, W) with H <= W, e.g. (800, 1344): every batch padded to exactly (H, W) when its images

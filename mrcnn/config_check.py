@@ -198,14 +198,9 @@ def _validate_perf(config: ml_collections.ConfigDict, mode: str) -> None:
     p, i = config.perf, config.input
     from mrcnn.build.onednn import FC6_CHOICES
 
-    from mrcnn.build.layout import CHOICES as LAYOUT_CHOICES
-
     fc6 = p.get("fc6", "auto")
     if fc6 not in FC6_CHOICES:
         _fail("perf.fc6", fc6, f"must be one of {FC6_CHOICES}")
-    train_layout = p.get("train_layout", "auto")
-    if train_layout not in LAYOUT_CHOICES:
-        _fail("perf.train_layout", train_layout, f"must be one of {LAYOUT_CHOICES}")
     pad_to = tuple(p.pad_to)
     if pad_to:
         if len(pad_to) != 2 or not all(isinstance(v, int) and v > 0 for v in pad_to):

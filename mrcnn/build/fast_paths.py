@@ -1,17 +1,15 @@
 """Which fast paths a run uses (`config.perf`), decided once, and applying them to a model.
 
 `fast_paths(config, device, purpose)` is a function of the config and the device (and, for
-`perf.fc6` / `perf.train_layout` "auto", of timings cached for the process; none with
-`deterministic=True`, whose resume must take the same paths): train, eval, predict and bench
+`perf.fc6="auto"`, of one timing cached for the process; none with `deterministic=True`,
+whose resume must take the same paths): train, eval, predict and bench
 therefore run the same model with the same switches; only export asks
 for the plain model (a deployed artifact must not depend on this process's oneDNN packing or
 graphs). `perf.exact=True` turns off every switch that changes float rounding, so that outputs
 are bit-identical to torchvision's model on the same weights (the equivalence tests set it).
 
 - `perf.channels_last`: NHWC weights and images: faster convolutions on tensor cores and in
-  oneDNN on CPUs; `perf.train_layout` decides apart whether the convolutions under autograd
-  (training) run NHWC too (mrcnn/build/layout.py: on some CPUs NHWC's weight gradient is
-  3x slower).
+  oneDNN on CPUs.
 - `perf.onednn` (CPU float32 only): prepacked oneDNN convolutions with FrozenBN folded in, and
   the box head's fc6 as a convolution where a timing at start-up finds that faster (`perf.fc6`,
   mrcnn/build/onednn.py).
@@ -34,7 +32,7 @@ import torch
 from torch import nn
 
 from mrcnn import precision
-from mrcnn.build import layout, onednn
+from mrcnn.build import onednn
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +45,7 @@ class FastPaths:
     """The switches in force for one run; the model ones are applied by `apply`, the data ones
     (pad_to, prefetch, channels_last images, dtype) are read by the loops."""
 
-    channels_last: bool = False  # NHWC images (and weights, unless train_channels_last is off)
-    train_channels_last: bool = False  # convolutions under autograd in NHWC (perf.train_layout)
+    channels_last: bool = False
     onednn: bool = False
     fc6_as_conv: bool = False  # with onednn: the box head's fc6 as a 7x7 convolution
     compile: bool = False
@@ -62,8 +59,6 @@ class FastPaths:
         """The switches in force, as the logs and the bench report name them ("eager": none)."""
         parts = [k for k in ("channels_last", "onednn", "compile", "cuda_graphs")
                  if getattr(self, k)]
-        if self.channels_last and not self.train_channels_last:
-            parts[0] = "channels_last(inference)"  # training in NCHW
         if self.pad_to:
             parts.append("pad_to=%dx%d" % tuple(self.pad_to))
         return "+".join(parts) or "eager"
@@ -84,12 +79,8 @@ def fast_paths(config: ml_collections.ConfigDict, device: torch.device | str,
     # oneDNN's packed path is float32-CPU only, and torch.compile does its own packing.
     use_onednn = (bool(p.onednn) and cpu_float32 and not exact and not p.compile
                   and onednn.available())
-    channels_last = bool(p.channels_last) and not exact
     return FastPaths(
-        channels_last=channels_last,
-        train_channels_last=layout.train_channels_last(
-            str(p.get("train_layout", "auto")), device_type, dtype, channels_last,
-            int(config.model.backbone.fpn_channels), timed=not config.deterministic),
+        channels_last=bool(p.channels_last) and not exact,
         onednn=use_onednn,
         fc6_as_conv=use_onednn and _fc6_as_conv(config),
         compile=bool(p.compile),
@@ -118,7 +109,7 @@ def _fc6_as_conv(config: ml_collections.ConfigDict) -> bool:
 def apply(model: nn.Module, fast: FastPaths) -> nn.Module:
     """channels_last, oneDNN and torch.compile on `model`, in place (state-dict keys unchanged).
     CUDA graphs are installed by `mrcnn.build.build` (they need the final device and mode)."""
-    if fast.train_channels_last:
+    if fast.channels_last:
         model.to(memory_format=torch.channels_last)
     if fast.onednn:
         convs, heads = onednn.use_onednn(model, fast.fc6_as_conv)

@@ -115,20 +115,10 @@ def _packed_conv(conv: nn.Conv2d, x: Tensor, norm: nn.Module | None = None,
     """conv (then `norm`, a FrozenBatchNorm2d folded into the packed weight and bias; then
     `attr` "relu" fused) on the packed path; the caller has checked _uses_packed."""
     packed, bias = _packed_weight(conv, x, norm)
-    y = torch.ops.mkldnn._convolution_pointwise(
+    return torch.ops.mkldnn._convolution_pointwise(
         x, packed, bias, list(conv.padding), list(conv.stride), list(conv.dilation), 1,
         attr, [], "",
     )
-    return _in_layout_of(x, y)
-
-
-def _in_layout_of(x: Tensor, y: Tensor) -> Tensor:
-    """oneDNN answers NHWC whatever the input's layout; under autograd (the frozen layers of a
-    training step) the trained convolutions downstream must get the NCHW of
-    perf.train_layout="nchw", so an NCHW input gets an NCHW output there."""
-    if torch.is_grad_enabled() and x.is_contiguous() and not y.is_contiguous():
-        return y.contiguous()
-    return y
 
 
 def _conv_norm_add_relu(conv: nn.Conv2d, x: Tensor, norm: nn.Module, identity: Tensor,
@@ -146,7 +136,7 @@ def _conv_norm_add_relu(conv: nn.Conv2d, x: Tensor, norm: nn.Module, identity: T
                 "add", None, "relu", [], "")
         if into_identity:
             return torch.ops.mkldnn._convolution_pointwise_.binary(identity, x, *args)
-        return _in_layout_of(x, torch.ops.mkldnn._convolution_pointwise.binary(x, identity, *args))
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, identity, *args)
     y = _conv_norm(conv, x, norm, False)
     return F.relu_(y.add_(identity))
 

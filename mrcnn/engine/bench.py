@@ -206,16 +206,12 @@ def _make_step(su: _Setup, name: str, mode: str, dtype: str):
         return infer
     model.train()
     graphs = su.built.graphs if ours else None
-    train_cl = su.built.fast.train_channels_last
     if graphs is not None:
-        graphs.capture_training(su.config.bench.batch_size, dtype, train_cl,
+        graphs.capture_training(su.config.bench.batch_size, dtype, su.built.fast.channels_last,
                                 shapes=[tuple(su.images.tensor.shape[-2:])])
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                           momentum=0.9)
-    images = su.images  # the training loop's layout (perf.train_layout), as train.py feeds it
-    if not train_cl:
-        images = ImageBatch(images.tensor.contiguous(), images.image_sizes)
-    inputs = (images, su.targets) if ours else (su.raw, su.tv_targets)
+    inputs = (su.images, su.targets) if ours else (su.raw, su.tv_targets)
 
     def train_step(m=model):
         with autocast(device, dtype, graphs is None):  # graphs: no autocast cache

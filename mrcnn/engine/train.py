@@ -169,7 +169,7 @@ class Trainer:
         # twice; load_state_dict copies in place, so the graphs would survive it anyway.
         self.model.train()
         graphs.capture_training(self.s.ims_per_batch // (self.world * self.s.accumulate_steps),
-                                self.built.fast.dtype, self.built.fast.train_channels_last)
+                                self.built.fast.dtype, self.built.fast.channels_last)
 
     def _wrap_ddp(self) -> nn.Module:
         if self.world == 1:
@@ -210,7 +210,7 @@ class Trainer:
             td = time.perf_counter()
             batch = next(batches)  # on the device, padded to perf.pad_to if set
             data_time += time.perf_counter() - td
-            if self.built.fast.train_channels_last:
+            if self.built.fast.channels_last:
                 batch.images.tensor = batch.images.tensor.contiguous(
                     memory_format=torch.channels_last)
             sync = (self.train_model.no_sync() if self.world > 1 and micro < accum - 1

@@ -271,3 +271,20 @@ def test_fc6_timings_measure_both_forms_once_per_shape(monkeypatch):
     assert onednn.fc6_timings(8, 7, 16, rois=4) == (t_conv, t_linear)  # cached
     assert len(calls) == n
     onednn.fc6_timings.cache_clear()
+
+
+def test_deterministic_runs_time_no_fc6(monkeypatch):
+    """A resumed deterministic run must take the paths of the first process: no timing."""
+    from mrcnn.build.fast_paths import fast_paths
+
+    def boom(*a, **k):
+        raise AssertionError("timed in a deterministic run")
+
+    monkeypatch.setattr(onednn, "fc6_timings", boom)
+    cfg = _tiny_cfg()
+    cfg.perf.fc6 = "auto"
+    cfg.deterministic = True
+    assert fast_paths(cfg, "cpu", "train").fc6_as_conv is False
+    cfg.deterministic = False
+    with pytest.raises(AssertionError, match="timed"):
+        fast_paths(cfg, "cpu", "train")

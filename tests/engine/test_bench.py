@@ -22,8 +22,8 @@ def _cfg(**perf):
 
 
 def test_bench_side_by_side_writes_json(tmp_path):
-    res = bench.bench(_cfg(channels_last=True, onednn=True, train_layout="channels_last"),
-                      str(tmp_path), torch.device("cpu"))
+    res = bench.bench(_cfg(channels_last=True, onednn=True), str(tmp_path),
+                      torch.device("cpu"))
     with open(os.path.join(tmp_path, "bench.json")) as f:
         saved = json.load(f)
     assert saved["variant"] == res["variant"] == "channels_last+onednn"
