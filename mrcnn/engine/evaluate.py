@@ -107,7 +107,8 @@ def evaluate(
       is built from what our parser accepted (`mrcnn.data.coco_gt`), never the raw file.
 
     Every rank runs its shard of the images (`test.ims_per_batch` per batch, the first
-    `eval.num_images` images when > 0, in `config.dtype`); the records are gathered on rank 0,
+    `eval.num_images` images when > 0, in `config.dtype` as resolved by the build, "auto"
+    included); the records are gathered on rank 0,
     which checks that every image was seen exactly once, evaluates with pycocotools and, when
     `output_dir` is given, writes bbox.json, segm.json and metrics.json there. All ranks return
     the same metrics: {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}}
