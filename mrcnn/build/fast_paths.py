@@ -1,9 +1,9 @@
 """Which fast paths a run uses (`config.perf`), decided once, and applying them to a model.
 
 `fast_paths(config, device, purpose)` is a function of the config and the device (and, for
-`perf.fc6="auto"`, of one timing cached for the process; none with `deterministic=True`,
-whose resume must take the same paths): train, eval, predict and bench
-therefore run the same model with the same switches; only export asks
+`perf.fc6="auto"`, of one timing cached for the process; none with `deterministic=True`, whose
+resume must take the same paths): train, eval, predict and bench therefore run the same model
+with the same switches; only export asks
 for the plain model (a deployed artifact must not depend on this process's oneDNN packing or
 graphs). `perf.exact=True` turns off every switch that changes float rounding, so that outputs
 are bit-identical to torchvision's model on the same weights (the equivalence tests set it).
