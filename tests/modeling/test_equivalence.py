@@ -162,6 +162,12 @@ def test_training_losses_and_gradients_equal_torchvision(models):
         ),
         (train_model.backbone.body.res5[0].conv2.weight, tv.backbone.body.layer4[0].conv2.weight),
     ]
-    for a, b in pairs:
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6 * float(b.grad.abs().max()))
+    for i, (a, b) in enumerate(pairs):
+        # The RPN conv's gradient is summed another way here (model.rpn.sparse_grad: at the
+        # sampled anchors only, against torchvision's dense backward): on an AVX2-only AMD CPU
+        # 150 of its 589824 entries were off by up to 7e-6 of the largest one (float32 sums of
+        # thousands of terms with cancellation); the other gradients hold 1e-6.
+        scale = 2e-5 if i == 0 else 1e-6
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3,
+                                   atol=scale * float(b.grad.abs().max()))
     tv.zero_grad()

@@ -157,9 +157,13 @@ def test_training_step_syncs_within_budget_and_losses_unchanged(sparse_grad):
     dev_images, *dev_targets = to_device_batch(images, *targets)
     torch.manual_seed(1)
     warm, losses = count(lambda: _train_step(model, dev_images, dev_targets))
-    # The stand-in device computes the very same step.
+    # The stand-in device computes the very same step, to the last bit or two: on an AVX2-only
+    # AMD CPU loss_mask differed by one ulp (1.2e-7), single-threaded too (cause not pinned
+    # down: the same code on the same values; the stand-in's copies differ only in where the
+    # tensors live, and some CPU kernels round differently by alignment).
     assert losses.keys() == plain.keys()
-    assert all(torch.equal(losses[k].inner, plain[k]) for k in plain)
+    for k in plain:
+        torch.testing.assert_close(losses[k].inner, plain[k], rtol=2.5e-7, atol=0, msg=k)
     assert "modeling/anchors.py" not in warm.by_file()  # filling the anchor cache: no copy
     model.zero_grad(set_to_none=True)
     step, _ = count(lambda: _train_step(model, dev_images, dev_targets))
